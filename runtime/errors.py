@@ -1,0 +1,53 @@
+"""Typed errors shared by every meltok package.
+
+Each message says what was received, what was expected and what to do.
+The CLIs turn any ``MeltokError`` into one line on stderr and a non-zero exit.
+"""
+
+
+class MeltokError(Exception):
+    """Base class of every error meltok raises on purpose."""
+
+
+class AudioInputError(MeltokError, ValueError):
+    """Audio that cannot be encoded: unreadable, empty, NaN/Inf, wrong shape."""
+
+
+class TokenFileError(MeltokError, ValueError):
+    """A token file that cannot be read or written."""
+
+
+class BadMagicError(TokenFileError):
+    """The file does not start with the token-file magic bytes."""
+
+
+class UnsupportedVersionError(TokenFileError):
+    """The token file was written by a newer (or unknown) format version."""
+
+
+class TruncatedError(TokenFileError):
+    """The token file ends before its header or packed codes do."""
+
+
+class CodeRangeError(TokenFileError):
+    """A token lies outside ``[0, codebook_size)``."""
+
+
+class ModelMismatchError(MeltokError, ValueError):
+    """Tokens, bundle or engine made for another model, GPU or library version."""
+
+
+class ModelFileError(MeltokError, ValueError):
+    """A model file or checkpoint that is missing, corrupt or incompatible."""
+
+
+class BundleError(MeltokError, ValueError):
+    """An export bundle whose manifest or graphs are missing or corrupt."""
+
+
+class BackendError(MeltokError, RuntimeError):
+    """A named backend that cannot run here (library or device missing)."""
+
+
+class OutputPathError(MeltokError, ValueError):
+    """An output path that cannot be written (missing folder, a directory)."""
