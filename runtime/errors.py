@@ -51,3 +51,7 @@ class BackendError(MeltokError, RuntimeError):
 
 class OutputPathError(MeltokError, ValueError):
     """An output path that cannot be written (missing folder, a directory)."""
+
+
+class TokenInputError(MeltokError, ValueError):
+    """A token array of the wrong type or shape for this model."""

@@ -1,0 +1,122 @@
+"""``meltok`` command line: a thin layer over the library (PyTorch path)."""
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from meltok_runtime.audio import load_audio, prepare_audio, write_audio
+from meltok_runtime.cli_support import setup_logging, user_errors, verbose_option
+from meltok_runtime.errors import MeltokError
+from meltok_runtime.tokenfile import read_tokens, write_tokens
+
+log = logging.getLogger("meltok")
+
+model_option = click.option(
+    "-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
+    help="Model file (.safetensors from `meltok convert` or training); default: the shipped model.")
+
+
+def _load_model(model_path, device):
+    from .codec import MelTok
+    from .default_model import default_model_path
+
+    return MelTok.load(model_path or default_model_path(), device=device)
+
+
+@click.group()
+@verbose_option
+def main(verbose):
+    """MelTok: 44.1 kHz audio <-> one stream of discrete tokens (PyTorch path)."""
+    setup_logging(verbose)
+
+
+@main.command()
+@click.argument("stage1", type=click.Path(dir_okay=False))
+@click.argument("stage2", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow full unpickling of the checkpoints (can run code from them: only for files you trust).")
+@user_errors
+def convert(stage1, stage2, output, trust_pickle):
+    """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file."""
+    from .codec import MelTok
+
+    model = MelTok.from_official(stage1, stage2, allow_pickle=trust_pickle)
+    model_id = model.save(output)
+    click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+
+
+@main.command()
+@click.argument("audio", type=click.Path())
+@model_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@user_errors
+def encode(audio, model_path, output, device):
+    """Encode an audio file (any format soundfile reads) to a token file."""
+    from meltok_runtime.atomic import check_output_path
+
+    check_output_path(output)
+    samples, rate = load_audio(audio)
+    model = _load_model(model_path, device)
+    if rate != model.sample_rate:
+        log.warning("resampling %s from %d Hz to %d Hz", audio, rate, model.sample_rate)
+    batch, _ = prepare_audio(samples[None], rate, model.sample_rate)
+    tokens = model.encode(batch, model.sample_rate)
+    write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=batch.shape[-1],
+                 model_id=model.model_id, codebook_size=model.codebook_size)
+    click.echo(f"wrote {output}: {tokens.shape[-1]} columns x {tokens.shape[1]} rows "
+               f"({batch.shape[-1] / model.sample_rate:.2f} s)")
+
+
+@main.command()
+@click.argument("tokens", type=click.Path())
+@model_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@user_errors
+def decode(tokens, model_path, output, device):
+    """Decode a token file to audio at 44.1 kHz, trimmed to the encoded length."""
+    from meltok_runtime.atomic import check_output_path
+
+    check_output_path(output)
+    token_file = read_tokens(tokens)
+    model = _load_model(model_path, device)
+    model.check_model_id(token_file.model_id)
+    audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
+    for index, length in enumerate(token_file.num_samples):
+        target = output if len(token_file.num_samples) == 1 else _indexed(output, index)
+        write_audio(target, audio[index, :length], model.sample_rate)
+    click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz")
+
+
+def _indexed(path, index):
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@user_errors
+def info(path):
+    """Describe a model file or a token file."""
+    from .checkpoints import read_model_metadata
+
+    try:
+        token_file = read_tokens(path)
+    except MeltokError:
+        metadata = read_model_metadata(path)
+        config = json.loads(metadata["config"])
+        click.echo(json.dumps({"kind": "model", "model_id": metadata["model_id"],
+                               "format_version": int(metadata["format_version"]), "config": config}, indent=2))
+        return
+    tokens = token_file.tokens
+    click.echo(json.dumps({
+        "kind": "tokens", "version": token_file.version, "model_id": token_file.model_id,
+        "sample_rate": token_file.sample_rate, "num_samples": token_file.num_samples,
+        "seconds": [n / token_file.sample_rate for n in token_file.num_samples],
+        "shape": list(tokens.shape), "codebook_size": token_file.codebook_size,
+        "distinct_codes": int(np.unique(tokens).size)}, indent=2))

@@ -1,0 +1,157 @@
+"""Export bundle manifest (``manifest.json``): the contract between ``meltok_export`` and the runtime.
+
+A bundle is a folder holding ``encoder.onnx`` (audio ``[B, N]`` float32 -> tokens ``[B, rows, T']``
+int32), ``decoder.onnx`` (tokens int32 -> audio ``[B, (c * T' - 1) * hop]`` float32), optional
+TensorRT ``*.plan`` engines, and this manifest. Every file is listed with its SHA-256, checked
+before use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_NAMES = ("encoder", "decoder")
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output; ``shape`` uses names for dynamic axes (e.g. ``["batch", "samples"]``)."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32", "float16", "int32", "int64"
+    shape: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """An ONNX graph in the bundle."""
+
+    file: str
+    sha256: str
+    precision: str  # "fp32" or "fp16" (fp16 trunk, float32 islands)
+    inputs: tuple
+    outputs: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(TensorSpec(**t) if isinstance(t, dict) else t for t in self.inputs))
+        object.__setattr__(self, "outputs", tuple(TensorSpec(**t) if isinstance(t, dict) else t for t in self.outputs))
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine built from ``graph``'s ONNX file, valid only where all keys match."""
+
+    graph: str
+    file: str
+    sha256: str
+    onnx_sha256: str
+    tensorrt_version: str
+    compute_capability: str  # e.g. "9.0"
+    device_name: str
+    precision: str
+    profile: dict  # input name -> {"min": [...], "opt": [...], "max": [...]}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a runtime needs to know about a bundle without opening its graphs."""
+
+    model_id: str
+    model_name: str
+    model_sha256: str
+    sample_rate: int
+    hop_length: int
+    n_mels: int
+    token_rows: int
+    codebook_size: int
+    compression: int
+    opset: int
+    graphs: dict  # "encoder"/"decoder" -> GraphEntry
+    engines: tuple = ()
+    limits: dict = field(default_factory=dict)  # e.g. max_batch, max_seconds, opt_seconds
+    tolerances: dict = field(default_factory=dict)  # measured at export: token agreement, waveform error, SNR
+    versions: dict = field(default_factory=dict)  # tool versions at export
+    format_version: int = BUNDLE_FORMAT_VERSION
+
+    def __post_init__(self):
+        graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}
+        object.__setattr__(self, "graphs", graphs)
+        object.__setattr__(self, "engines", tuple(EngineEntry(**e) if isinstance(e, dict) else e
+                                                  for e in self.engines))
+
+    @property
+    def token_rate(self) -> float:
+        return self.token_rows * self.sample_rate / self.hop_length / self.compression
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest") -> "Manifest":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BundleError(f"{source} is not valid JSON ({error}); re-export the bundle")
+        if not isinstance(data, dict):
+            raise BundleError(f"{source} does not hold a JSON object; re-export the bundle")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+            raise BundleError(f"{source} has bundle format version {version!r}; this runtime reads up to "
+                              f"{BUNDLE_FORMAT_VERSION}: upgrade meltok or re-export the bundle")
+        try:
+            manifest = cls(**data)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise BundleError(f"{source} is missing or has wrong fields ({error}); re-export the bundle")
+        missing = [name for name in GRAPH_NAMES if name not in manifest.graphs]
+        if missing:
+            raise BundleError(f"{source} lists no {' or '.join(missing)} graph; re-export the bundle")
+        return manifest
+
+    def write(self, folder) -> Path:
+        """Write ``manifest.json`` into ``folder`` (the bundle folder is itself written atomically)."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(self.to_json())
+        return path
+
+
+def load_manifest(bundle, *, verify_files: bool = True) -> Manifest:
+    """Read and check a bundle's manifest; with ``verify_files`` every listed graph is hashed."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {str(bundle)!r} is not a folder; pass the folder that meltok-export wrote")
+    path = bundle / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"bundle {str(bundle)!r} has no {MANIFEST_NAME}; it is incomplete: re-export it")
+    manifest = Manifest.from_json(path.read_bytes().decode("utf-8", errors="replace"), source=str(path))
+    if verify_files:
+        for name, graph in manifest.graphs.items():
+            verify_file(bundle / graph.file, graph.sha256, what=f"{name} graph")
+    return manifest
+
+
+def verify_file(path: Path, sha256: str, *, what: str) -> None:
+    """Raise BundleError when ``path`` is missing or its hash differs from the manifest's."""
+    if not path.is_file():
+        raise BundleError(f"the {what} {str(path)!r} is missing; the bundle is incomplete: re-export it")
+    if file_sha256(path) != sha256:
+        raise BundleError(f"the {what} {str(path)!r} does not match the hash in its manifest; the file is corrupt "
+                          "or was modified: re-export the bundle")

@@ -1,0 +1,90 @@
+"""Model files: safetensors + JSON config, atomic, hash-checked, never unpickled."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meltok import MelTok
+from meltok.checkpoints import read_model_metadata
+from meltok.config import PRESETS, MelTokConfig
+from meltok_runtime.errors import ModelFileError
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_are_valid_and_round_trip_through_json(preset):
+    config = PRESETS[preset]()
+    assert MelTokConfig.from_json(config.to_json()) == config
+    assert config.token_rows == 12
+
+
+def test_paper_preset_parameter_counts():
+    model = MelTok.from_config("paper")
+    count = lambda module: sum(p.numel() for p in module.parameters()) / 1e6  # noqa: E731
+    assert round(count(model.encoder), 1) == 36.7
+    assert round(count(model.decoder), 1) == 52.2
+    assert round(count(model.backbone), 1) == 13.0
+    assert round(count(model.head), 2) == 0.53
+    assert round(count(model), 1) == 102.9
+    assert model.token_rate == pytest.approx(258.4, abs=0.1)
+
+
+def test_convert_and_load_round_trip_is_bit_identical(official_tiny_dir, tmp_path, golden_io):
+    official = MelTok.from_official(official_tiny_dir / "stage1.pt", official_tiny_dir / "stage2.ckpt")
+    path = tmp_path / "tiny.safetensors"
+    model_id = official.save(path)
+    loaded = MelTok.load(path)
+    assert loaded.model_id == model_id == official.model_id
+    assert loaded.config == official.config
+    tokens = loaded.encode(golden_io["audio"], pad=False)
+    np.testing.assert_array_equal(tokens, official.encode(golden_io["audio"], pad=False))
+    np.testing.assert_array_equal(loaded.decode(tokens), official.decode(tokens))
+    assert read_model_metadata(path)["model_id"] == model_id
+
+
+def test_model_file_refusals(tmp_path):
+    model = MelTok.from_config("tiny")
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="do not match their recorded hash"):
+        MelTok.load(tmp_path / "flipped.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model at all")
+    with pytest.raises(ModelFileError, match="not a meltok model file"):
+        MelTok.load(tmp_path / "junk.safetensors")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        MelTok.load(tmp_path / "missing.safetensors")
+    (tmp_path / "truncated.safetensors").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelFileError):
+        MelTok.load(tmp_path / "truncated.safetensors")
+
+
+def test_newer_format_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    metadata = {"format": "meltok-model", "format_version": "99", "config": MelTok.from_config("tiny").config.to_json()}
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "future.safetensors"), metadata=metadata)
+    with pytest.raises(ModelFileError, match="upgrade meltok"):
+        MelTok.load(tmp_path / "future.safetensors")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = MelTok.from_config("tiny")
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    before = path.read_bytes()
+    import meltok.checkpoints as checkpoints
+
+    def broken_save(state, filename, metadata):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", broken_save)
+    with pytest.raises(OSError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert json.loads(read_model_metadata(path)["config"])["name"] == "meltok-tiny"
