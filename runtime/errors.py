@@ -55,3 +55,11 @@ class OutputPathError(MeltokError, ValueError):
 
 class TokenInputError(MeltokError, ValueError):
     """A token array of the wrong type or shape for this model."""
+
+
+class InputSpecError(MeltokError, ValueError):
+    """Feeds for a graph with missing or unexpected names, or the wrong dtype or rank."""
+
+
+class EngineMismatchError(ModelMismatchError, BackendError):
+    """A TensorRT engine built for another GPU, TensorRT version or ONNX graph: refused, never run."""

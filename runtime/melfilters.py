@@ -8,11 +8,16 @@ follow torch's float32 arithmetic step by step, so the model frontend (torch) an
 - ``torch.linspace`` on AVX2/AVX-512 CPUs evaluates ``start + step * i`` (and ``end - step *
   (n - 1 - i)`` for the upper half) as one fused multiply-add, rounded once to float32.
 - ``10.0 ** tensor`` runs SLEEF's ``powf`` (1-ulp accurate, not correctly rounded) on blocks
-  of 32 values (AVX-512: two 16-wide vectors per step), and the C library ``powf`` on the rest.
+  of 32 values (AVX-512: two 16-wide vectors per step) and the C library ``powf`` on the
+  remaining ``(n_mels + 2) % 32`` values; here those are correctly rounded, which glibc's
+  ``powf`` is except in rare near-ties.
 
-With these, the 513 x 96 filterbank of the paper configuration equals the buffer stored in
-official checkpoints bit for bit. The Hann window's cosine comes from MKL inside torch, which
-cannot be reproduced: here it is correctly rounded and differs from torch by at most 1 ulp.
+With these, the 513 x 96 filterbank of the paper configuration (and the 100-band one of the
+reference mel loss) equals the buffer stored in official checkpoints bit for bit; other
+configurations can differ from torch by 1 ulp in a mel edge (about 1e-5 in a filter weight),
+as torch itself does between AVX2 and AVX-512 CPUs. The Hann window's cosine comes from MKL
+inside torch, which cannot be reproduced: here it is correctly rounded and differs from torch
+by at most 1 ulp (6e-8).
 """
 import functools
 import math
@@ -32,12 +37,22 @@ def mel_filterbank(n_freqs: int = 513, n_mels: int = 96, sample_rate: int = 4410
     is mel band ``m`` (lowest first). No area normalisation. ``f_max`` defaults to
     ``sample_rate / 2``.
     """
-    return _mel_filterbank(int(n_freqs), int(n_mels), int(sample_rate), float(f_min),
-                           float(sample_rate / 2 if f_max is None else f_max))
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if n_freqs < 2 or n_mels < 1 or sample_rate <= 0 or not 0 <= f_min < f_max:
+        raise ValueError(
+            f"mel_filterbank got n_freqs={n_freqs}, n_mels={n_mels}, sample_rate={sample_rate}, "
+            f"f_min={f_min}, f_max={f_max}; expected n_freqs >= 2, n_mels >= 1, sample_rate > 0 "
+            "and 0 <= f_min < f_max: fix the frontend configuration")
+    return _mel_filterbank(int(n_freqs), int(n_mels), int(sample_rate), float(f_min), float(f_max))
 
 
 def hann_window(n: int) -> np.ndarray:
-    """Periodic Hann window, float32 ``[n]``, read-only: ``0.5 - 0.5 cos(2 pi k / n)``."""
+    """Periodic Hann window, float32 ``[n]``, read-only: ``0.5 - 0.5 cos(2 pi k / n)``.
+
+    As in torch, a window of length 1 is ``[1.0]``.
+    """
+    if n < 1:
+        raise ValueError(f"hann_window got n={n}; expected a length >= 1")
     return _hann_window(int(n))
 
 
@@ -57,8 +72,11 @@ def _mel_filterbank(n_freqs, n_mels, sample_rate, f_min, f_max):
 
 @functools.lru_cache(maxsize=16)
 def _hann_window(n):
-    phase = np.arange(n + 1, dtype=_F32) * _F32(2.0 * math.pi / n)
-    window = (np.cos(phase.astype(_F64)).astype(_F32) * _F32(-0.5) + _F32(0.5))[:n]
+    if n == 1:
+        window = np.ones(1, _F32)
+    else:  # torch: the symmetric window of length n + 1, its last value dropped
+        phase = np.arange(n + 1, dtype=_F32) * _F32(2.0 * math.pi / n)
+        window = (np.cos(phase.astype(_F64)).astype(_F32) * _F32(-0.5) + _F32(0.5))[:n]
     window.flags.writeable = False
     return window
 

@@ -1,0 +1,147 @@
+"""Audio input and output shared by every CLI and API: one place for the input checks.
+
+Arrays are float32 with time last: a file is ``[C, N]`` (channels, samples), a model input is
+``[B, N]`` (batch of mono signals).
+"""
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .atomic import atomic_output
+from .errors import AudioInputError, OutputPathError
+
+# Output container and sample format by file suffix. WAV keeps float32 so nothing clips.
+OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
+_PCM_SCALE = {np.dtype(np.int8): (0, 2 ** 7), np.dtype(np.int16): (0, 2 ** 15), np.dtype(np.int32): (0, 2 ** 31),
+              np.dtype(np.uint8): (2 ** 7, 2 ** 7)}
+_MAX_CHANNELS = 64
+
+
+def load_audio(path) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 ``[C, N]`` in [-1, 1] and its sample rate in Hz."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioInputError(f"audio file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise AudioInputError(f"{str(path)!r} is a directory; expected an audio file")
+    if path.stat().st_size == 0:
+        raise AudioInputError(f"audio file {str(path)!r} is empty (0 bytes); expected an audio file")
+    try:
+        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AudioInputError(
+            f"cannot read {str(path)!r} as audio ({reason}); readable formats: "
+            f"{', '.join(sorted(sf.available_formats()))}; convert the file to WAV or FLAC") from err
+    if data.shape[0] == 0:
+        raise AudioInputError(f"audio file {str(path)!r} contains no samples; expected at least one")
+    return np.ascontiguousarray(data.T), int(sample_rate)
+
+
+def mixdown(audio: np.ndarray) -> np.ndarray:
+    """Average the channels of float ``[C, N]`` audio into float32 ``[N]`` (``[N]`` passes through)."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        return audio.astype(np.float32, copy=False)
+    if audio.ndim != 2 or audio.shape[0] == 0:
+        raise AudioInputError(f"mixdown got shape {audio.shape}; expected [C, N] with C >= 1")
+    return audio.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def prepare_audio(audio, sample_rate, target_rate: int = 44100) -> tuple[np.ndarray, bool]:
+    """Check and convert audio into the model input: float32 ``[B, N]`` at ``target_rate``.
+
+    ``audio`` is ``[N]`` (mono), ``[B, N]`` (batch of mono) or ``[B, C, N]`` (batch of
+    multi-channel, mixed down by the mean over C); float, or integer PCM (int8, int16, int32,
+    uint8) scaled to [-1, 1] (int16: x / 32768, uint8: (x - 128) / 128). Returns the array and whether it was resampled (soxr, "HQ").
+    """
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    target_rate = _check_rate(target_rate, "target_rate")
+    audio = _to_float32(audio)
+    if audio.ndim == 3:
+        audio = audio.mean(axis=1, dtype=np.float64).astype(np.float32)
+    elif audio.ndim == 1:
+        audio = audio[None]
+    if sample_rate == target_rate:
+        return np.ascontiguousarray(audio), False
+    resampled = soxr.resample(audio.T, sample_rate, target_rate, quality="HQ")
+    if resampled.shape[0] == 0:
+        raise AudioInputError(
+            f"audio of {audio.shape[-1]} samples at {sample_rate} Hz is shorter than one sample at {target_rate} Hz; "
+            "expected a longer signal")
+    return np.ascontiguousarray(resampled.reshape(-1, audio.shape[0]).T, dtype=np.float32), True
+
+
+def write_audio(path, audio, sample_rate: int) -> None:
+    """Write float ``[N]`` or ``[C, N]`` audio atomically; the suffix picks the format.
+
+    ``.wav``: 32-bit float WAV (nothing clips); ``.flac``: 24-bit FLAC (clipped to [-1, 1]);
+    ``.ogg``: Ogg Vorbis.
+    """
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise OutputPathError(
+            f"output file {str(path)!r} has suffix {suffix!r}; expected one of {', '.join(OUTPUT_FORMATS)}: "
+            "rename the output")
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2) or not np.issubdtype(audio.dtype, np.floating):
+        raise AudioInputError(
+            f"write_audio got a {audio.dtype} array of shape {audio.shape}; expected float32 [N] or [C, N]")
+    if audio.ndim == 2 and not 1 <= audio.shape[0] <= _MAX_CHANNELS:
+        raise AudioInputError(
+            f"write_audio got shape {audio.shape}: {audio.shape[0]} channels; expected [C, N] with 1 to "
+            f"{_MAX_CHANNELS} channels (transpose an [N, C] array)")
+    audio = audio.astype(np.float32, copy=False)
+    _check_finite(audio, "write_audio")
+    frames = audio.reshape(-1, audio.shape[-1]).T
+    container, subtype = OUTPUT_FORMATS[suffix]
+    try:
+        with atomic_output(path, suffix=suffix) as tmp:
+            sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
+    except (sf.SoundFileError, OSError) as err:
+        raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err
+
+
+def _check_rate(rate, name: str) -> int:
+    valid = (isinstance(rate, (int, np.integer)) and not isinstance(rate, bool)) or (
+        isinstance(rate, (float, np.floating)) and np.isfinite(rate) and float(rate).is_integer())
+    if not valid or rate <= 0:
+        raise AudioInputError(f"{name} is {rate!r}; expected a positive whole number of Hz, e.g. 44100")
+    return int(rate)
+
+
+def _to_float32(audio) -> np.ndarray:
+    """Any accepted input array as float32, same shape, after the shape and value checks."""
+    try:
+        audio = np.asarray(audio)
+    except (ValueError, TypeError) as err:
+        raise AudioInputError(f"audio cannot be read as an array ({err}); expected a numpy array") from err
+    if audio.ndim not in (1, 2, 3):
+        raise AudioInputError(
+            f"audio has shape {audio.shape}; expected [N] (mono), [B, N] (batch) or [B, C, N] (batch, channels)")
+    if audio.size == 0:
+        raise AudioInputError(f"audio has shape {audio.shape} and holds no samples; expected at least one sample")
+    pcm = _PCM_SCALE.get(audio.dtype.newbyteorder("="))
+    if pcm is not None:
+        offset, scale = pcm
+        return ((audio.astype(np.float64) - offset) / scale).astype(np.float32)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioInputError(
+            f"audio has dtype {audio.dtype}; expected float (samples in [-1, 1]) or integer PCM "
+            f"({', '.join(str(d) for d in _PCM_SCALE)}): convert it first")
+    with np.errstate(over="ignore"):  # float64 beyond the float32 range becomes inf, refused next
+        converted = audio.astype(np.float32)
+    _check_finite(converted, "audio")
+    return converted
+
+
+def _check_finite(audio: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        first = tuple(int(i) for i in np.unravel_index(np.argmax(bad), audio.shape))
+        raise AudioInputError(
+            f"{what} has {int(bad.sum())} NaN or infinite samples (or beyond the float32 range), the first at "
+            f"index {first}; expected finite samples: fix or drop the corrupt input")

@@ -1,0 +1,46 @@
+"""Shared test fixtures: the reference data in the workspace's shared folder."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+OFFICIAL_TINY_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "official-tiny"
+
+
+@pytest.fixture(scope="session")
+def official_tiny_dir() -> Path:
+    """Folder of the official-format reference fixture (checkpoints and ``io.npz``)."""
+    if not OFFICIAL_TINY_DIR.is_dir():
+        pytest.skip(f"reference fixture folder {OFFICIAL_TINY_DIR.resolve()} is missing")
+    return OFFICIAL_TINY_DIR
+
+
+@pytest.fixture(scope="session")
+def golden_io(official_tiny_dir) -> dict:
+    """The reference tensors of ``io.npz`` (``audio`` float32 [1, 44100], ``mel``, ``tokens``, ...)."""
+    with np.load(official_tiny_dir / "io.npz") as data:
+        return dict(data)
+
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+REAL_CLIPS = {"music": "music.flac", "speech": "speech.flac", "effects": "effects.flac",
+              "music48k": "music48k.flac", "long_music": "long_music.ogg"}
+
+
+@pytest.fixture(scope="session")
+def real_clip_paths() -> dict:
+    """Paths of the real audio clips shipped in ``tests/data`` (see its LICENSES.md)."""
+    return {name: DATA_DIR / file for name, file in REAL_CLIPS.items()}
+
+
+@pytest.fixture(scope="session")
+def real_clips(real_clip_paths) -> dict:
+    """The 44.1 kHz clips as mono float32 ``[N]`` arrays (``music48k`` and ``long_music`` left out)."""
+    import soundfile as sf
+
+    clips = {}
+    for name in ("music", "speech", "effects"):
+        audio, rate = sf.read(real_clip_paths[name], dtype="float32", always_2d=True)
+        assert rate == 44100, f"{name} should be a 44.1 kHz clip"
+        clips[name] = audio.mean(axis=1)
+    return clips
