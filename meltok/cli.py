@@ -11,6 +11,8 @@ from meltok_runtime.cli_support import setup_logging, user_errors, verbose_optio
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import read_tokens, write_tokens
 
+from .evaluate import eval_command
+
 log = logging.getLogger("meltok")
 
 model_option = click.option(
@@ -120,3 +122,41 @@ def info(path):
         "seconds": [n / token_file.sample_rate for n in token_file.num_samples],
         "shape": list(tokens.shape), "codebook_size": token_file.codebook_size,
         "distinct_codes": int(np.unique(tokens).size)}, indent=2))
+
+
+@main.group()
+def data():
+    """Training data: build a corpus from folders of audio."""
+
+
+@data.command("build")
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the train/valid/test split.")
+@click.option("--valid-fraction", default=0.05, show_default=True)
+@click.option("--test-fraction", default=0.05, show_default=True)
+@click.option("--holdout", multiple=True, help="Source (package or folder name) held out for test; repeatable.")
+@click.option("--shard-mb", default=45.0, show_default=True, help="Largest shard in MiB.")
+@click.option("--keep-band-limited", is_flag=True, help="Keep band-limited files (tagged) instead of excluding them.")
+@click.option("--max-files-per-source", type=int, default=None)
+@click.option("--workers", type=int, default=1, show_default=True, help="Decoding processes.")
+@user_errors
+def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, shard_mb, keep_band_limited,
+               max_files_per_source, workers):
+    """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable)."""
+    from .train.corpus import build_corpus
+
+    with click.progressbar(length=1, label="files", file=click.get_text_stream("stderr")) as bar:
+        def progress(done, total):
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        manifest = build_corpus(sources, output, seed=seed, valid_fraction=valid_fraction,
+                                test_fraction=test_fraction, holdout=list(holdout), shard_mb=shard_mb,
+                                exclude_band_limited=not keep_band_limited,
+                                max_files_per_source=max_files_per_source, workers=workers, progress=progress)
+    totals = manifest.get("totals", {})
+    click.echo(json.dumps(totals, indent=2))
+
+
+main.add_command(eval_command)

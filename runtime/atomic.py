@@ -19,6 +19,13 @@ def check_output_path(path) -> Path:
     return path
 
 
+def _default_file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (mkstemp gives 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_output(path, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -31,6 +38,7 @@ def atomic_output(path, suffix: str = ""):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
