@@ -8,6 +8,8 @@ from torch import nn
 from meltok_runtime.audio import prepare_audio
 from meltok_runtime.errors import ModelMismatchError
 from meltok_runtime.framing import check_tokens, padded_length
+from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, decode_windowed,
+                                      encode_windowed, seconds_to_columns)
 
 from .config import MelTokConfig, resolve_config
 from .frontend import MelFrontend
@@ -92,14 +94,23 @@ class MelTok(nn.Module):
         return self.vocode(self.decode_mel(self.quantizer.lookup(tokens)))
 
     # ---------------------------------------------------------------- user API
+    def _window_kwargs(self, window_seconds: float, context_seconds: float) -> dict:
+        columns = lambda seconds: seconds_to_columns(  # noqa: E731
+            seconds, self.sample_rate, self.hop_length, self.config.tokenizer.compression)
+        return dict(window_columns=max(1, columns(window_seconds)), context_columns=columns(context_seconds),
+                    hop=self.hop_length, compression=self.config.tokenizer.compression)
+
     @torch.inference_mode()
-    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True):
+    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True,
+               window_seconds: float = DEFAULT_WINDOW_SECONDS, context_seconds: float = DEFAULT_CONTEXT_SECONDS):
         """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` (numpy or torch) -> tokens ``[B, rows, T']``.
 
         Other sample rates are resampled, channels are mixed down. With ``pad`` (default) the
         audio is zero-padded at the end so that decoding covers every input sample
         (``decode(tokens, num_samples=N)`` then returns exactly N samples); ``pad=False`` gives
-        the reference implementation's tokens exactly. Numpy in gives numpy out.
+        the reference implementation's tokens exactly. Audio longer than ``window_seconds`` is
+        encoded in windows with ``context_seconds`` of context (``meltok_runtime.windowing``, the
+        same plan as the runtime), so attention memory stays bounded. Numpy in gives numpy out.
         """
         as_numpy = not isinstance(audio, torch.Tensor)
         array = audio if as_numpy else audio.detach().cpu().numpy()
@@ -107,23 +118,33 @@ class MelTok(nn.Module):
         target = padded_length(batch.shape[-1], self.hop_length, self.config.tokenizer.compression, pad=pad)
         batch = np.pad(batch, ((0, 0), (0, target - batch.shape[-1])))
         device = next(self.parameters()).device
-        tokens = self.tokenize(torch.from_numpy(batch).to(device))
-        return tokens.cpu().numpy() if as_numpy else tokens
+
+        def encode_fn(part: np.ndarray) -> np.ndarray:
+            return self.tokenize(torch.from_numpy(part).to(device)).cpu().numpy()
+
+        tokens = encode_windowed(batch, encode_fn, **self._window_kwargs(window_seconds, context_seconds))
+        return tokens if as_numpy else torch.from_numpy(tokens).to(audio.device)
 
     @torch.inference_mode()
-    def decode(self, tokens, num_samples: int | None = None):
+    def decode(self, tokens, num_samples: int | None = None, *, window_seconds: float = DEFAULT_WINDOW_SECONDS,
+               context_seconds: float = DEFAULT_CONTEXT_SECONDS):
         """Tokens ``[rows, T']`` or ``[B, rows, T']`` (int, numpy or torch) -> float32 audio ``[B, N']``
         at ``sample_rate``, ``N' = (c * T' - 1) * hop`` or ``num_samples`` when given (trimmed or
-        zero-padded at the end)."""
+        zero-padded at the end). Long token streams are decoded in cross-faded windows."""
         as_numpy = not isinstance(tokens, torch.Tensor)
         array = check_tokens(tokens if as_numpy else tokens.detach().cpu().numpy(),
                              self.token_rows, self.codebook_size)
         device = next(self.parameters()).device
-        audio = self.detokenize(torch.from_numpy(array).to(device)).float()
+
+        def decode_fn(part: np.ndarray) -> np.ndarray:
+            return self.detokenize(torch.from_numpy(part).to(device)).float().cpu().numpy()
+
+        audio = torch.from_numpy(decode_windowed(array, decode_fn, **self._window_kwargs(window_seconds,
+                                                                                           context_seconds)))
         if num_samples is not None:
             audio = audio[:, :num_samples]
             audio = torch.nn.functional.pad(audio, (0, num_samples - audio.shape[-1]))
-        return audio.cpu().numpy() if as_numpy else audio
+        return audio.numpy() if as_numpy else audio.to(tokens.device)
 
     # --------------------------------------------------------------- creation
     @classmethod
