@@ -1,0 +1,99 @@
+"""``meltok-export`` command line: a thin layer over ``export_bundle`` and ``verify_bundle``.
+
+    meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16] [--max-seconds S]
+                  [--opt-seconds S] [--max-batch B]
+    meltok-export verify BUNDLE -m MODEL
+"""
+import json
+import logging
+
+import click
+
+from meltok_runtime.cli_support import setup_logging, user_errors, verbose_option
+
+log = logging.getLogger("meltok_export")
+
+
+class _ExportByDefault(click.Group):
+    """A group whose ``export`` subcommand may be left out: ``meltok-export MODEL -o BUNDLE``."""
+
+    default_command = "export"
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return self.default_command, self.commands[self.default_command], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL")
+
+
+@click.group(cls=_ExportByDefault)
+@verbose_option
+def main(verbose):
+    """Export a MelTok model to a bundle (ONNX graphs, optional TensorRT engines, manifest) that
+    meltok-rt runs without PyTorch; `export` is the default command."""
+    setup_logging(verbose)
+    logging.getLogger("meltok_export").setLevel(logging.INFO)  # export steps take a while: show progress
+
+
+def _load_model(path):
+    from meltok import MelTok
+
+    return MelTok.load(path)
+
+
+@main.command("export")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write (replaced if present).")
+@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="trt also builds TensorRT engines (needs TensorRT and an NVIDIA GPU).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head).")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Longest input (per window) the engines accept.")
+@click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Input length the engines are tuned for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Largest batch the engines accept.")
+@user_errors
+def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch):
+    """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
+    from .bundle import export_bundle
+
+    if engine == "trt":
+        from .tensorrt_build import require_tensorrt
+
+        require_tensorrt()  # before loading anything
+    model = _load_model(model_path)
+    manifest = export_bundle(model, output, engine=engine, precision=precision, max_seconds=max_seconds,
+                             opt_seconds=opt_seconds, max_batch=max_batch)
+    figures = manifest.tolerances["onnxruntime"]
+    click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
+               f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "
+               f"{figures['token_agreement']:.2%}, waveform SNR {figures['waveform_snr_db']:.1f} dB")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="The model file the bundle was exported from.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@user_errors
+def verify(bundle, model_path, as_json):
+    """Rerun the verification of BUNDLE against MODEL (ONNX Runtime; TensorRT engines where available)."""
+    from .verify import verify_bundle
+
+    report = verify_bundle(bundle, _load_model(model_path))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{bundle}: passed ({report['backend']}, {report['precision']}): token agreement "
+               f"{report['token_agreement']:.2%}, waveform SNR {report['waveform_snr_db']:.1f} dB, "
+               f"mel error {report['mel_mean_error']:.2g}")
+    trt = report.get("tensorrt", {})
+    if "skipped" in trt:
+        click.echo(f"TensorRT: not verified ({trt['skipped']})")
+    elif trt:
+        click.echo(f"TensorRT: passed ({trt['backend']}): token agreement {trt['token_agreement']:.2%}, "
+                   f"waveform SNR {trt['waveform_snr_db']:.1f} dB")
