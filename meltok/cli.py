@@ -160,3 +160,8 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
 
 
 main.add_command(eval_command)
+
+
+from .train.cli import train  # noqa: E402  (training commands: meltok train stage1|stage2)
+
+main.add_command(train)

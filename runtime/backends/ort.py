@@ -1,0 +1,147 @@
+"""ONNX Runtime backends: ``ort-cpu`` and ``ort-cuda`` (``onnxruntime`` is imported lazily).
+
+``onnxruntime`` (CPU) and ``onnxruntime-gpu`` (CUDA and CPU) install the same module; only the
+latter has the CUDA execution provider. Sessions use every graph optimisation and run
+concurrent ``run`` calls in parallel (ONNX Runtime sessions are thread-safe).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from ..errors import BackendError, BundleError
+from .base import Backend
+
+CUDA_FIX = "pip install onnxruntime-gpu instead of onnxruntime, on a machine with an NVIDIA GPU"
+
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+              "tensor(int64)": "int64", "tensor(double)": "float64"}
+
+_preload_lock = threading.Lock()
+_preloaded = False
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or BackendError with the install command."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise BackendError(f"onnxruntime is not installed ({error}): pip install onnxruntime "
+                           "(or onnxruntime-gpu on a machine with an NVIDIA GPU)") from None
+    return onnxruntime
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Let onnxruntime-gpu find CUDA/cuDNN from the nvidia-* wheels (ORT >= 1.21), once."""
+    global _preloaded
+    with _preload_lock:
+        if _preloaded or not hasattr(ort, "preload_dlls"):
+            return
+        _preloaded = True
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - best effort: system CUDA libraries may still be found
+            pass
+
+
+class OrtCpuBackend(Backend):
+    """ONNX Runtime on the CPU; ``threads`` sets the intra-op thread count (default: all cores)."""
+
+    name = "ort-cpu"
+
+    @classmethod
+    def check_available(cls, bundle, manifest) -> None:
+        import_onnxruntime()
+
+    def _providers(self, ort) -> list:
+        return ["CPUExecutionProvider"]
+
+    def _session_options(self, ort):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: no per-node placement chatter on stderr
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        return options
+
+    def _open(self) -> None:
+        ort = import_onnxruntime()
+        path = self.bundle / self.graph.file
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BundleError(f"cannot read the {self.graph_name} graph {str(path)!r} ({error}); "
+                              "the bundle is incomplete: re-export it") from None
+        if hashlib.sha256(data).hexdigest() != self.graph.sha256:
+            raise BundleError(f"the {self.graph_name} graph {str(path)!r} does not match the hash in its "
+                              "manifest; the file is corrupt or was modified: re-export the bundle")
+        try:
+            session = ort.InferenceSession(data, sess_options=self._session_options(ort),
+                                           providers=self._providers(ort))
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own non-public types
+            raise BundleError(f"ONNX Runtime cannot load the {self.graph_name} graph {str(path)!r} "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                              "re-export the bundle") from None
+        names_in = [node.name for node in session.get_inputs()]
+        names_out = [node.name for node in session.get_outputs()]
+        want_in = [spec.name for spec in self.inputs]
+        want_out = [spec.name for spec in self.outputs]
+        if sorted(names_in) != sorted(want_in) or not set(want_out) <= set(names_out):
+            raise BundleError(f"the {self.graph_name} graph has inputs {names_in} and outputs {names_out}, but "
+                              f"its manifest lists {want_in} and {want_out}; re-export the bundle")
+        for node in session.get_inputs():
+            spec = next(spec for spec in self.inputs if spec.name == node.name)
+            if ONNX_TYPES.get(node.type) != spec.dtype:
+                raise BundleError(f"the {self.graph_name} graph's input {node.name!r} is {node.type}, but its "
+                                  f"manifest says {spec.dtype}; re-export the bundle")
+        self._check_session(session)
+        self._session = session
+        self._output_names = want_out
+
+    def _check_session(self, session) -> None:
+        """Hook for subclasses: refuse a session that did not get the wanted provider."""
+
+    def _run(self, feeds: dict) -> dict:
+        session = self._session
+        return dict(zip(self._output_names, session.run(self._output_names, feeds)))
+
+    def _close(self) -> None:
+        self._session = None
+
+
+class OrtCudaBackend(OrtCpuBackend):
+    """ONNX Runtime with the CUDA execution provider (``onnxruntime-gpu``), on ``device_id`` 0.
+
+    Inputs are bound from host memory and outputs bound on the device, then copied to the host
+    once per call (IO binding), so ONNX Runtime allocates the outputs at their real size.
+    """
+
+    name = "ort-cuda"
+    device_id = 0
+
+    @classmethod
+    def check_available(cls, bundle, manifest) -> None:
+        ort = import_onnxruntime()
+        providers = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            raise BackendError(f"this onnxruntime has no CUDA execution provider (it has {providers}): {CUDA_FIX}")
+
+    def _providers(self, ort) -> list:
+        _preload_cuda_libraries(ort)
+        return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+
+    def _check_session(self, session) -> None:
+        if session.get_providers()[:1] != ["CUDAExecutionProvider"]:
+            raise BackendError("ONNX Runtime could not start its CUDA execution provider (no NVIDIA GPU, or the "
+                               "CUDA/cuDNN libraries are missing): install the NVIDIA driver and "
+                               f"onnxruntime-gpu's CUDA dependencies, or {CUDA_FIX}")
+
+    def _run(self, feeds: dict) -> dict:
+        session = self._session
+        binding = session.io_binding()  # one binding per call: bindings are not shared between threads
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu()))

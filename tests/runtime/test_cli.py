@@ -1,0 +1,158 @@
+"""``meltok-rt``: round trips, token files shared with ``meltok``, and one-line errors that leave no output."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from meltok_runtime import codec as codec_module
+from meltok_runtime.audio import load_audio, prepare_audio
+from meltok_runtime.cli import main
+from meltok_runtime.tokenfile import read_tokens, write_tokens
+
+from .conftest import DATA
+
+
+@pytest.fixture
+def run():
+    def invoke(*args, cli=main):
+        return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+    return invoke
+
+
+def assert_one_line_error(result, match):
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert match in lines[0], lines[0]
+
+
+def test_encode_decode_round_trip(run, tiny_bundle, codec, tmp_path):
+    tokens_path, audio_path = tmp_path / "music.mtok", tmp_path / "music.wav"
+    result = run("encode", DATA / "music.flac", "-b", tiny_bundle, "-o", tokens_path, "--backend", "ort-cpu",
+                 "--threads", 2)
+    assert result.exit_code == 0, result.output
+    assert "backend ort-cpu" in result.stdout
+    samples, rate = load_audio(DATA / "music.flac")
+    mono, _ = prepare_audio(samples[None], rate)
+    token_file = read_tokens(tokens_path)
+    assert token_file.model_id == codec.model_id and token_file.num_samples == [mono.shape[-1]]
+    assert token_file.codebook_size == codec.codebook_size and token_file.sample_rate == 44100
+    np.testing.assert_array_equal(token_file.tokens, codec.encode(mono))
+
+    result = run("decode", tokens_path, "-b", tiny_bundle, "-o", audio_path)
+    assert result.exit_code == 0, result.output
+    decoded, decoded_rate = sf.read(audio_path, dtype="float32")
+    assert decoded_rate == 44100 and decoded.shape == (mono.shape[-1],)
+    np.testing.assert_array_equal(decoded, codec.decode(token_file.tokens, num_samples=mono.shape[-1])[0])
+
+
+def test_long_input_shows_progress_and_resampling_warns(run, tiny_bundle, long_music, tmp_path, caplog):
+    source = tmp_path / "long48k.wav"
+    sf.write(source, prepare_audio(long_music[: 12 * 44100], 44100, 48000)[0][0], 48000)
+    tokens_path = tmp_path / "long.mtok"
+    result = run("encode", source, "-b", tiny_bundle, "-o", tokens_path)
+    assert result.exit_code == 0, result.output
+    # a logging warning: on stderr from the command line (pytest's log capture takes it here)
+    assert any(r.levelname == "WARNING" and "from 48000 Hz to 44100 Hz" in r.getMessage() for r in caplog.records)
+    assert "encoding" in result.stderr  # the progress bar (drawn in full on a terminal)
+    assert read_tokens(tokens_path).num_samples == [12 * 44100]
+    result = run("decode", tokens_path, "-b", tiny_bundle, "-o", tmp_path / "long.flac")
+    assert result.exit_code == 0 and "decoding" in result.stderr
+    assert sf.info(tmp_path / "long.flac").frames == 12 * 44100
+
+
+def test_batch_token_file_writes_one_file_per_item(run, tiny_bundle, codec, tmp_path):
+    tokens = np.random.default_rng(0).integers(0, codec.codebook_size, (2, 12, 4))
+    write_tokens(tmp_path / "two.mtok", tokens, sample_rate=44100, num_samples=[5000, 3000], model_id=codec.model_id,
+                 codebook_size=codec.codebook_size)
+    result = run("decode", tmp_path / "two.mtok", "-b", tiny_bundle, "-o", tmp_path / "out.wav")
+    assert result.exit_code == 0, result.output
+    assert [sf.info(tmp_path / f"out-{i}.wav").frames for i in range(2)] == [5000, 3000]
+
+
+def test_token_files_are_interchangeable_with_meltok(run, tiny_bundle, tiny_model_file, tmp_path):
+    from meltok.cli import main as torch_main
+
+    clip = tmp_path / "clip.wav"
+    audio, rate = load_audio(DATA / "speech.flac")
+    sf.write(clip, audio[:, : rate].T, rate)
+    result = run("encode", clip, "-m", tiny_model_file, "-o", tmp_path / "torch.mtok", cli=torch_main)
+    assert result.exit_code == 0, result.output
+    result = run("decode", tmp_path / "torch.mtok", "-b", tiny_bundle, "-o", tmp_path / "rt.wav")
+    assert result.exit_code == 0, result.output
+    result = run("encode", clip, "-b", tiny_bundle, "-o", tmp_path / "rt.mtok")
+    assert result.exit_code == 0, result.output
+    result = run("decode", tmp_path / "rt.mtok", "-m", tiny_model_file, "-o", tmp_path / "torch.wav", cli=torch_main)
+    assert result.exit_code == 0, result.output
+    from_torch, from_runtime = read_tokens(tmp_path / "torch.mtok"), read_tokens(tmp_path / "rt.mtok")
+    assert from_torch.model_id == from_runtime.model_id and from_torch.num_samples == from_runtime.num_samples
+    assert np.mean(from_torch.tokens == from_runtime.tokens) >= 0.99
+    assert sf.info(tmp_path / "rt.wav").frames == sf.info(tmp_path / "torch.wav").frames == rate
+
+
+def test_info_describes_bundle_and_backends(run, tiny_bundle, codec):
+    result = run("info", tiny_bundle)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model_id"] == codec.model_id and report["selected_backend"] == "ort-cpu"
+    assert report["backends"]["ort-cpu"] == "available"
+    assert report["backends"]["trt"].startswith("unavailable: ")
+    result = run("info", tiny_bundle, "--backend", "trt")
+    assert result.exit_code != 0 and json.loads(result.stdout)["selection_error"]
+
+
+# ------------------------------------------------------------------------------ errors
+def test_encode_errors(run, tiny_bundle, tmp_path):
+    out = tmp_path / "out.mtok"
+    (tmp_path / "notes.txt").write_text("not audio at all\n" * 50)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    cases = [
+        (tmp_path / "missing.wav", "does not exist"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "notes.txt", "cannot read"),
+        (tmp_path / "empty.wav", "empty"),
+    ]
+    for source, match in cases:
+        assert_one_line_error(run("encode", source, "-b", tiny_bundle, "-o", out), match)
+    assert_one_line_error(run("encode", DATA / "speech.flac", "-b", tiny_bundle, "-o", tmp_path / "no" / "out.mtok"),
+                          "does not exist")
+    assert_one_line_error(run("encode", DATA / "speech.flac", "-b", tmp_path / "no-bundle", "-o", out),
+                          "not a folder")
+    assert_one_line_error(run("encode", DATA / "speech.flac", "-b", tiny_bundle, "-o", out, "--backend", "trt"),
+                          "no TensorRT engine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.wav", "notes.txt"]  # nothing written
+
+
+def test_decode_errors(run, tiny_bundle, codec, tmp_path):
+    out = tmp_path / "out.wav"
+    good = tmp_path / "good.mtok"
+    write_tokens(good, np.zeros((1, 12, 3), np.int64), sample_rate=44100, num_samples=5000, model_id=codec.model_id,
+                 codebook_size=codec.codebook_size)
+    (tmp_path / "garbage.mtok").write_bytes(b"\x00\x01garbage" * 20)
+    (tmp_path / "truncated.mtok").write_bytes(good.read_bytes()[:-3])
+    write_tokens(tmp_path / "other.mtok", np.zeros((1, 12, 3), np.int64), sample_rate=44100, num_samples=5000,
+                 model_id="meltok-paper:0123456789ab", codebook_size=codec.codebook_size)
+    write_tokens(tmp_path / "big.mtok", np.full((1, 12, 3), 5000), sample_rate=44100, num_samples=5000,
+                 model_id=codec.model_id, codebook_size=8192)
+    cases = [
+        ("missing.mtok", "does not exist"),
+        ("garbage.mtok", "not a meltok token file"),
+        ("truncated.mtok", "cut short"),
+        ("other.mtok", "made by model 'meltok-paper:0123456789ab'"),
+        ("big.mtok", "outside the codebook"),
+    ]
+    for name, match in cases:
+        assert_one_line_error(run("decode", tmp_path / name, "-b", tiny_bundle, "-o", out), match)
+    assert_one_line_error(run("decode", good, "-b", tiny_bundle, "-o", tmp_path / "no" / "out.wav"), "does not exist")
+    assert_one_line_error(run("decode", good, "-b", tiny_bundle, "-o", tmp_path / "out.mp4"), "suffix")
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_missing_default_bundle_says_to_pass_one(run, monkeypatch, tmp_path):
+    monkeypatch.setattr(codec_module, "DEFAULT_BUNDLE", tmp_path / "models" / "default")
+    assert_one_line_error(run("encode", DATA / "speech.flac", "-o", tmp_path / "x.mtok"), "-b BUNDLE")
+    assert_one_line_error(run("info"), "-b BUNDLE")
