@@ -1,5 +1,7 @@
 """Atomic output files: write to a temporary sibling, then rename."""
 import contextlib
+import ctypes
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -19,11 +21,27 @@ def check_output_path(path) -> Path:
     return path
 
 
-def _default_file_mode() -> int:
-    """The mode a plain ``open`` would give a new file (mkstemp gives 0600)."""
+def _default_file_mode(base: int = 0o666) -> int:
+    """The mode a plain ``open`` (``base=0o777``: ``mkdir``) would give (mkstemp gives 0600, mkdtemp 0700)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return base & ~umask
+
+
+def _exchange(new: Path, old: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(old), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(old))
 
 
 @contextlib.contextmanager
@@ -50,7 +68,8 @@ def atomic_output(path, suffix: str = ""):
 def atomic_directory(path):
     """Yield a temporary folder beside ``path``; rename it onto ``path`` only on success.
 
-    An existing ``path`` is replaced only after the new folder is complete.
+    An existing ``path`` is replaced only after the new folder is complete, by swapping the two in
+    one step where the system can (Linux), so that ``path`` is never missing.
     """
     import shutil
 
@@ -64,7 +83,10 @@ def atomic_directory(path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
-        if path.exists():
+        os.chmod(tmp, _default_file_mode(0o777))
+        if path.exists() and _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
+        elif path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)

@@ -99,7 +99,9 @@ def write_audio(path, audio, sample_rate: int) -> None:
     frames = audio.reshape(-1, audio.shape[-1]).T
     container, subtype = OUTPUT_FORMATS[suffix]
     try:
-        with atomic_output(path, suffix=suffix) as tmp:
+        # The format is named, so the temporary needs no audio suffix: a stale one left by a killed
+        # process is then never taken for audio by a folder scan (``*.flac``, ``meltok data build``).
+        with atomic_output(path) as tmp:
             sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
     except (sf.SoundFileError, OSError) as err:
         raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err

@@ -67,9 +67,9 @@ def encode(audio, bundle, output, backend, threads):
     check_output_path(output)
     samples, rate = load_audio(audio)
     with _open_codec(bundle, backend, threads) as codec:
-        if rate != codec.sample_rate:
+        batch, resampled = prepare_audio(samples[None], rate, codec.sample_rate)  # checks before warning
+        if resampled:
             log.warning("resampling %s from %d Hz to %d Hz", audio, rate, codec.sample_rate)
-        batch, _ = prepare_audio(samples[None], rate, codec.sample_rate)
         with _progress(codec.encode_windows(batch.shape[-1]), "encoding") as progress:
             tokens = codec.encode(batch, codec.sample_rate, progress=progress)
     write_tokens(output, tokens, sample_rate=codec.sample_rate, num_samples=batch.shape[-1],

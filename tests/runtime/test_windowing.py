@@ -141,7 +141,7 @@ def test_progress_reports_every_window():
 @pytest.fixture(scope="module")
 def whole_and_windowed(codec, long_music):
     """Whole-input and default-windowed tokens and audio of 40 s of real music (tiny bundle, ort-cpu)."""
-    assert (codec.window_columns, codec.context_columns) == (215, 22)  # the documented defaults
+    assert (codec.window_columns, codec.context_columns) == (258, 22)  # the documented defaults
     # whole input in one backend call each (a Codec would cap its window at the bundle's max_columns)
     padded = np.pad(long_music, (0, padded_length(long_music.shape[-1], HOP, COMPRESSION) - long_music.shape[-1]))
     whole_tokens = codec._encode_fn(padded[None]).astype(np.int64)
