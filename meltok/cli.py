@@ -63,9 +63,9 @@ def encode(audio, model_path, output, device):
     check_output_path(output)
     samples, rate = load_audio(audio)
     model = _load_model(model_path, device)
-    if rate != model.sample_rate:
+    batch, resampled = prepare_audio(samples[None], rate, model.sample_rate)  # checks before warning
+    if resampled:
         log.warning("resampling %s from %d Hz to %d Hz", audio, rate, model.sample_rate)
-    batch, _ = prepare_audio(samples[None], rate, model.sample_rate)
     tokens = model.encode(batch, model.sample_rate)
     write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=batch.shape[-1],
                  model_id=model.model_id, codebook_size=model.codebook_size)

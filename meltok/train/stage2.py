@@ -1,0 +1,147 @@
+"""Stage 2: train the token vocoder: tokens of the frozen stage-1 encoder -> the fine-tuned
+``post_quant_conv`` + decoder copy -> Vocos backbone -> ISTFT head -> audio.
+
+Frozen: ``encoder``, ``quant_conv``, ``quantizer`` (codebook). Trained: ``post_quant_conv``,
+``decoder``, ``backbone``, ``head``, and (with ``gan``) the discriminators. See
+``Stage2Config`` for the losses. Each GAN step: the discriminators step on ``(audio,
+audio_hat.detach())``, then the generator steps against the updated discriminators, with one
+generator forward per step.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from . import distributed
+from .discriminators import Discriminators
+from .losses import (MultiResolutionSTFTLoss, discriminator_hinge, feature_matching, float32_region,
+                     generator_hinge, mel_l1)
+from .stage import Stage, adamw, cosine_schedule
+
+log = logging.getLogger(__name__)
+
+FROZEN_PREFIXES = ("encoder.", "quant_conv.", "quantizer.")
+
+
+class VocoderNet(nn.Module):
+    """The stage-2 generator as one module (what DDP wraps).
+
+    ``forward(audio [B, N]) -> (audio_hat [B, L], tokens [B, R, T'])`` with
+    ``L = (c * T' - 1) * hop``. Tokens come from the frozen encoder without gradients; the
+    log-mel, VQ and ISTFT head run in float32 even under autocast.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor):
+        model = self.model
+        with torch.no_grad():
+            with float32_region(audio):
+                mel = model.log_mel(audio.float())
+            hidden = model.encoder(mel[:, None] / model.config.frontend.mel_scale)
+            with float32_region(audio):
+                tokens = model.quantizer.tokenize(model.quant_conv(hidden.float()))
+                codes = model.quantizer.lookup(tokens)
+        features = model.backbone(model.decode_mel(codes))
+        with float32_region(audio):
+            audio_hat = model.head(features.float())
+        return audio_hat, tokens
+
+
+class Stage2(Stage):
+    name = "stage2"
+
+    def __init__(self, model, config, device, monitor, **_):
+        super().__init__(model, config, device, monitor)
+        cfg = config.stage2
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(not name.startswith(FROZEN_PREFIXES))
+        self.net = distributed.wrap(VocoderNet(model).to(device), device)
+        self.mrstft = MultiResolutionSTFTLoss(cfg.mrstft_ffts).to(device)
+        generator = [p for p in model.parameters() if p.requires_grad]
+        self.optimizers["generator"] = adamw(generator, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.schedulers["generator"] = cosine_schedule(self.optimizers["generator"], cfg.warmup_steps, config.steps)
+        self.disc = None
+        if cfg.gan:
+            discriminators = Discriminators.from_config(cfg).to(device)
+            self.modules["discriminators"] = discriminators
+            self.disc = distributed.wrap(discriminators, device)
+            self.optimizers["discriminator"] = adamw(discriminators.parameters(), cfg.lr, cfg.betas,
+                                                     cfg.weight_decay)
+            self.schedulers["discriminator"] = cosine_schedule(self.optimizers["discriminator"],
+                                                               cfg.warmup_steps, config.steps)
+            count = sum(p.numel() for p in discriminators.parameters())
+            log.info("stage 2 with GAN: discriminators %.2f M parameters", count / 1e6)
+        else:
+            log.info("stage 2 without GAN: mel + multi-resolution STFT losses")
+
+    def train_mode(self) -> None:
+        self.model.eval()  # frozen parts stay in eval mode
+        for module in (self.model.post_quant_conv, self.model.decoder, self.model.backbone, self.model.head):
+            module.train()
+        if "discriminators" in self.modules:
+            self.modules["discriminators"].train()
+
+    def _mel_loss(self, audio_hat: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        with float32_region(audio):
+            return mel_l1(self.model.log_mel(audio_hat.float()), self.model.log_mel(audio.float()))
+
+    def train_step(self, audio: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.config.stage2
+        with self.autocast():
+            audio_hat, tokens = self.net(audio)
+        real = audio[..., :audio_hat.shape[-1]]
+        scalars: dict[str, torch.Tensor] = {}
+        gan_active = self.disc is not None and step > cfg.gan_start_step
+        if gan_active:
+            d_optimizer = self.optimizers["discriminator"]
+            with self.autocast():
+                out = self.disc(real, audio_hat.detach())
+            d_mpd = discriminator_hinge(out["mpd"][0], out["mpd"][1])
+            d_mrd = discriminator_hinge(out["mrd"][0], out["mrd"][1])
+            d_loss = d_mpd + cfg.mrd_weight * d_mrd
+            d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_optimizer.step()
+            scalars.update({"train/disc": d_loss.detach(), "train/disc_mpd": d_mpd.detach(),
+                            "train/disc_mrd": d_mrd.detach()})
+        mel = self._mel_loss(audio_hat, real)
+        g_loss = cfg.mel_weight * mel
+        if gan_active:
+            with distributed.no_sync(self.disc), self.autocast():
+                out = self.disc(real, audio_hat)
+            adv_mpd, adv_mrd = generator_hinge(out["mpd"][1]), generator_hinge(out["mrd"][1])
+            fm_mpd = feature_matching(out["mpd"][2], out["mpd"][3])
+            fm_mrd = feature_matching(out["mrd"][2], out["mrd"][3])
+            g_loss = (g_loss + adv_mpd + cfg.mrd_weight * adv_mrd
+                      + cfg.fm_weight * (fm_mpd + cfg.mrd_weight * fm_mrd))
+            scalars.update({"train/adv_mpd": adv_mpd.detach(), "train/adv_mrd": adv_mrd.detach(),
+                            "train/fm_mpd": fm_mpd.detach(), "train/fm_mrd": fm_mrd.detach()})
+        elif not cfg.gan:
+            mrstft = self.mrstft(audio_hat, real)
+            g_loss = g_loss + cfg.mrstft_weight * mrstft
+            scalars["train/mrstft"] = mrstft.detach()
+        g_optimizer = self.optimizers["generator"]
+        g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_optimizer.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        if self.disc is not None:  # drop the discriminator gradients of the generator pass
+            self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        self.monitor.update(tokens, step)
+        scalars.update({"train/total": g_loss.detach(), "train/mel_l1": mel.detach()})
+        return scalars
+
+    @torch.no_grad()
+    def validate(self, audio: torch.Tensor):
+        net = distributed.unwrap(self.net)
+        with self.autocast():
+            audio_hat, tokens = net(audio)
+        real = audio[..., :audio_hat.shape[-1]]
+        scalars = {"val/mel_l1": self._mel_loss(audio_hat, real), "val/mrstft": self.mrstft(audio_hat, real)}
+        return scalars, tokens

@@ -1,0 +1,381 @@
+"""Training on CPU with the tiny preset and a tiny corpus of the shipped real clips: losses go
+down, stage 2 keeps the tokenizer frozen, resume equals a straight run, checkpoints are sharded
+and atomic, dead codes are revived, the perceptual losses load, and the CLI runs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from meltok import MelTok
+from meltok.train import checkpoint as ckpt
+from meltok.cli import main as meltok_cli
+from meltok.train.codebook import CodebookMonitor, histogram_stats, reset_adam_rows, revive_dead_codes
+from meltok.train.config import TrainConfig, TrainConfigError
+from meltok.train.corpus import MANIFEST_FORMAT, MANIFEST_VERSION, CorpusReader
+from meltok.train.data import CropBatches, fixed_crops
+from meltok.train.discriminators import Discriminators
+from meltok.train.losses import VGG19Features, build_perceptual
+from meltok.train.scalar_log import read_scalars
+from meltok.train.stage1 import Stage1
+from meltok.train.stage2 import Stage2
+from meltok.train.trainer import Trainer
+from meltok_runtime.errors import ModelFileError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+CROP = 12032  # (6 * 8 - 1) * 256: 48 frames, 6 token columns; the stage-2 output has the same length
+SMALL_DISCS = {"stage2.mpd_channels": (4, 8, 8, 8, 8), "stage2.mrd_channels": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cpu_settings():
+    """One thread: the tiny models gain nothing from two, and on a busy shared machine two
+    spinning OpenMP threads made steps up to 100x slower. Denormals flushed as the Trainer does
+    on CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A two-split corpus in the ``meltok data build`` layout: music + speech (train), effects (valid)."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = []
+    for split, names in (("train", ["music.flac", "speech.flac"]), ("valid", ["effects.flac"])):
+        (root / split).mkdir()
+        pieces, offset = [], 0
+        for name in names:
+            audio, rate = sf.read(DATA / name, dtype="float32")
+            assert rate == 44100
+            pieces.append(audio.mean(axis=1))
+            files.append({"split": split, "excluded": None, "relpath": name, "segments": [
+                {"shard": f"{split}/shard-00000.flac", "offset": offset, "length": len(pieces[-1])}]})
+            offset += len(pieces[-1])
+        sf.write(root / split / "shard-00000.flac", np.concatenate(pieces), 44100, subtype="PCM_16")
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "sample_rate": 44100, "files": files}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(corpus) -> torch.Tensor:
+    return torch.from_numpy(fixed_crops(CorpusReader(corpus, "train"), 2, CROP, seed=3))
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = TrainConfig(preset="tiny", steps=6, batch_size=2, crop_samples=CROP, log_every=1, val_every=1000,
+                       checkpoint_every=1000, val_crops=2, prefetch=2)
+    return base.replace(**{**SMALL_DISCS, **changes})
+
+
+def overfit(stage, batch, steps=20):
+    stage.train_mode()
+    return [{k: float(v) for k, v in stage.train_step(batch, step).items()} for step in range(1, steps + 1)]
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_round_trip_overrides_and_errors(tmp_path):
+    config = TrainConfig()
+    assert (config.stage1.lr, config.stage1.betas, config.stage1.lr_decay) == (4e-4, (0.9, 0.999), 0.999)
+    assert (config.stage1.mel_weight, config.stage1.vq_weight, config.stage1.perceptual_weight) == (5, 0.25, 0.5)
+    assert (config.stage2.lr, config.stage2.betas, config.stage2.mel_weight, config.stage2.mrd_weight) == \
+        (5e-4, (0.8, 0.9), 45, 5)
+    assert (config.crop_samples, config.batch_size, config.stage2.mpd_periods) == (24320, 64, (2, 3, 5, 7, 11))
+    changed = config.replace(**{"steps": "10", "stage2.gan": "false", "stage2.mpd_periods": "2,3",
+                                "stage1.lr": "1e-4", "max_minutes": 9, "vgg_weights": "/x/vgg.pth"})
+    assert (changed.steps, changed.stage2.gan, changed.stage2.mpd_periods, changed.stage1.lr) == \
+        (10, False, (2, 3), 1e-4)
+    assert TrainConfig.from_json(changed.to_json()) == changed
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"preset": "edge", "stage2": {"gan": False}}))
+    loaded = TrainConfig.load(path)
+    assert loaded.preset == "edge" and not loaded.stage2.gan and loaded.stage2.lr == 5e-4
+    for bad in ({"stepz": 3}, {"stage1.nope": 1}, {"steps": "many"}, {"stage2.gan": "maybe"}, {"steps": 0},
+                {"stage1.perceptual": "vgg19"}, {"preset": "huge"}):
+        with pytest.raises(TrainConfigError):
+            config.replace(**bad)
+    with pytest.raises(TrainConfigError):
+        TrainConfig.from_dict({"stage1": {"lr": -1}})
+
+
+# ----------------------------------------------------------------------------- stages
+def test_stage1_overfits_one_batch(fixed_batch):
+    torch.manual_seed(0)
+    stage = Stage1(MelTok.from_config("tiny"), tiny_config(), torch.device("cpu"), CodebookMonitor(1024, 100))
+    assert stage.resolved == {"stage1.perceptual": "mel-gradient"}
+    history = overfit(stage, fixed_batch)
+    first, last = history[0], history[-1]
+    assert last["train/total"] < 0.6 * first["train/total"]
+    assert last["train/mel_l1"] < 0.6 * first["train/mel_l1"]
+    assert all(np.isfinite(h["train/vq"]) and h["train/perceptual"] >= 0 for h in history)
+
+
+@pytest.mark.parametrize("gan", [True, False])
+def test_stage2_overfits_one_batch_and_freezes_the_tokenizer(fixed_batch, gan):
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = Stage2(model, tiny_config(**{"stage2.gan": gan}), torch.device("cpu"), CodebookMonitor(1024, 100))
+    history = overfit(stage, fixed_batch, steps=20 if gan else 12)
+    assert history[-1]["train/mel_l1"] < 0.9 * history[0]["train/mel_l1"]
+    assert history[-1]["train/total"] < history[0]["train/total"]
+    assert ("train/disc" in history[0]) == gan and ("train/mrstft" in history[0]) == (not gan)
+    for key, value in model.state_dict().items():
+        frozen = key.startswith(("encoder.", "quant_conv.", "quantizer."))
+        if frozen:
+            assert torch.equal(value, before[key]), key
+    changed = [k for k in ("decoder.conv_in.weight", "post_quant_conv.weight", "backbone.embed.weight",
+                           "head.out.weight") if not torch.equal(model.state_dict()[k], before[k])]
+    assert len(changed) == 4
+    assert ("discriminators" in stage.modules) == gan
+
+
+def test_discriminators_shapes():
+    discs = Discriminators((2, 3, 5, 7, 11), (4, 8, 8, 8, 8), (2048, 1024, 512), 4)
+    real, fake = torch.randn(2, CROP), torch.randn(2, CROP)
+    out = discs(real, fake)
+    assert len(out["mpd"][0]) == 5 and len(out["mrd"][0]) == 3
+    for scores_real, scores_fake in zip(out["mpd"][0] + out["mrd"][0], out["mpd"][1] + out["mrd"][1]):
+        assert scores_real.shape == scores_fake.shape and scores_real.shape[0] == 2
+    assert [len(maps) for maps in out["mpd"][2]] == [5] * 5 and [len(maps) for maps in out["mrd"][2]] == [6] * 3
+    names = [name for name, _ in discs.named_parameters()]
+    assert all("parametrizations.weight.original" in n for n in names if n.endswith("weight.original")
+               ) and sum("parametrizations" in n for n in names) == 5 * 6 + 3 * 6
+
+
+# ----------------------------------------------------------------------------- perceptual
+def test_vgg19_perceptual_loads_weights_and_substitute_works_without(tmp_path):
+    torch.manual_seed(0)
+    vgg = VGG19Features()
+    state = {k: torch.randn_like(v) * 0.05 for k, v in vgg.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(3, 3)  # a full torchvision state dict is accepted
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    loss, name = build_perceptual("auto", str(path))
+    assert name == "vgg19" and sum(isinstance(m, torch.nn.Conv2d) for m in loss.modules()) == 16
+    assert torch.equal(loss.vgg.features[34].weight, state["features.34.weight"])
+    target = torch.rand(2, 96, 24) * -3
+    prediction = (target + 0.3 * torch.randn_like(target)).requires_grad_()
+    value = loss(prediction, target)
+    value.backward()
+    assert value > 0 and prediction.grad.abs().sum() > 0 and float(loss(target, target)) == 0
+    substitute, name = build_perceptual("auto", None)
+    assert name == "mel-gradient" and float(substitute(prediction.detach(), target)) > 0
+    assert float(substitute(target, target)) == 0
+    assert build_perceptual("none") == (None, "none")
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ModelFileError):
+        build_perceptual("vgg19", str(bad))
+
+
+# ----------------------------------------------------------------------------- codebook
+def test_revival_changes_only_dead_codes():
+    torch.manual_seed(0)
+    monitor = CodebookMonitor(16, window=4)
+    for step in range(1, 5):
+        monitor.update(torch.tensor([[0, 1, 2], [3, 4, 4]]), step)
+    assert histogram_stats(torch.ones(16)) == {"usage": 1.0, "perplexity": pytest.approx(16.0)}
+    assert monitor.window_stats()["usage"] == 5 / 16
+    dead = monitor.dead_codes(step=4, horizon=4)
+    assert dead.tolist() == list(range(5, 16))
+    embedding = torch.nn.Parameter(torch.zeros(16, 3))
+    optimizer = torch.optim.AdamW([embedding])
+    embedding.grad = torch.ones(16, 3)
+    optimizer.step()
+    before = embedding.detach().clone()
+    latents = torch.randn(40, 3) + 5
+    rows = revive_dead_codes(embedding.data, dead, latents, noise=0.01)
+    reset_adam_rows(optimizer, embedding, dead)
+    assert torch.equal(embedding[:5], before[:5])
+    assert not torch.equal(embedding[5:], before[5:])
+    gaps = torch.cdist(rows, latents).min(dim=1).values
+    assert float(gaps.max()) < 0.05 * float(latents.std())  # noise is 0.01 std per dimension
+    assert float(optimizer.state[embedding]["exp_avg"][5:].abs().sum()) == 0
+    assert float(optimizer.state[embedding]["exp_avg"][:5].abs().min()) > 0
+    monitor.mark_used(dead, 4)
+    assert monitor.dead_codes(step=5, horizon=4).numel() == 0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_shards_under_limit_and_writes_atomically(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    state = {"big": torch.randn(700_000), "model": {f"w{i}": torch.randn(300, 300) for i in range(8)},
+             "steps": [1, 2.5, None, "x"], "rng": torch.get_rng_state(), "pair": (0.8, 0.9),
+             "view": torch.randn(1000, 1000)[:10]}
+    folder = ckpt.save_checkpoint(tmp_path, state, step=5, shard_mib=1, meta={"stage": "stage1"})
+    files = sorted(folder.iterdir())
+    assert len(files) > 5 and all(f.stat().st_size <= 2 ** 20 for f in files)
+    for f in files:
+        if f.suffix == ".pt":
+            torch.load(f, weights_only=True)
+    loaded, index = ckpt.load_checkpoint(folder)
+    assert index["stage"] == "stage1" and "big" in index["split_tensors"]
+    assert torch.equal(loaded["big"], state["big"]) and torch.equal(loaded["view"], state["view"])
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    assert loaded["steps"] == state["steps"] and loaded["pair"] == (0.8, 0.9)
+
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, {"model": {"w": torch.zeros(400, 400)}, "big": torch.zeros(600_000)},
+                             step=9, shard_mib=1)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.latest_checkpoint(tmp_path) == folder
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [folder.name]
+    assert torch.equal(ckpt.load_checkpoint(folder)[0]["big"], state["big"])
+    (folder / files[-1].name).write_bytes(b"corrupt")
+    with pytest.raises(ModelFileError):
+        ckpt.load_checkpoint(folder)
+
+
+# ----------------------------------------------------------------------------- trainer
+def _final_state(run: Path):
+    state, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    return state
+
+
+def _assert_same(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _assert_same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}/{i}")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_resume_after_interruption_equals_straight_run(corpus, tmp_path, stage):
+    config = tiny_config(stage=stage, steps=6, **{"stage1.revive_every": 2})
+    init = None
+    if stage == "stage2":
+        init = tmp_path / "init.safetensors"
+        MelTok.from_config("tiny").save(init)
+        config = config.replace(init=str(init))
+    straight = Trainer(config, corpus, tmp_path / "straight").run()
+    first = Trainer(config, corpus, tmp_path / "resumed").run(max_steps_this_run=3)
+    assert (straight["step"], first["step"], first["stopped"]) == (6, 3, "step limit of this run")
+    second = Trainer(config, corpus, tmp_path / "resumed").run()
+    assert second["step"] == 6
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    for part in ("modules", "optimizers", "schedulers", "codebook", "data", "step", "epoch"):
+        _assert_same(a[part], b[part], part)
+    _assert_same(a["rng"], b["rng"], "rng")
+    assert MelTok.load(tmp_path / "resumed" / "model.safetensors").model_id == \
+        MelTok.load(tmp_path / "straight" / "model.safetensors").model_id
+
+
+def test_time_limit_stops_with_checkpoint_and_eval_hook_is_logged(corpus, tmp_path):
+    calls = []
+
+    def hook(model, audio, sample_rate):
+        calls.append(audio.shape)
+        return {"dummy": 1.5}
+
+    config = tiny_config(steps=100, val_every=1, max_minutes=1e-4, checkpoint_every=50)
+    summary = Trainer(config, corpus, tmp_path / "run", eval_hook=hook).run()
+    assert summary["step"] == 1 and summary["stopped"].startswith("time limit")
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000000001"
+    assert (tmp_path / "run" / "model.safetensors").is_file() and calls == [(2, CROP)]
+    records = read_scalars(tmp_path / "run")
+    tags = set().union(*(r["scalars"] for r in records))
+    assert {"val/dummy", "val/mel_l1", "val/codebook_usage", "train/total", "codebook/perplexity"} <= tags
+
+
+def test_cli_trains_both_stages(corpus, tmp_path):
+    run1, run2 = tmp_path / "s1", tmp_path / "s2"
+    common = ["--data", str(corpus), "--steps", "2", "--batch-size", "2", "--set", f"crop_samples={CROP}",
+              "--set", "val_crops=2", "--device", "cpu"]
+    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--out", str(run1), "--preset", "tiny", *common])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run1 / "config.json").read_text())
+    assert saved["stage1"]["perceptual"] == "mel-gradient" and saved["preset"] == "tiny"
+    stage1_model = MelTok.load(run1 / "model.safetensors")
+    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "--out", str(run2), "--init", str(run1), *common,
+                                            "--set", "stage2.gan=false"])
+    assert result.exit_code == 0, result.output
+    stage2_model = MelTok.load(run2 / "model.safetensors")
+    for key, value in stage1_model.state_dict().items():
+        if key.startswith(("encoder.", "quant_conv.", "quantizer.")):
+            assert torch.equal(value, stage2_model.state_dict()[key]), key
+    assert json.loads((run2 / "config.json").read_text())["stage2"]["gan"] is False
+    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--out", str(tmp_path / "x"), *common,
+                                             "--set", "stepz=1"])
+    assert result.exit_code == 1 and "unknown training config field" in result.output
+    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "--out", str(run1), *common])
+    assert result.exit_code == 1 and "stage" in result.output  # a stage-1 run cannot resume as stage 2
+
+
+def test_batches_resume_position(corpus):
+    reader = CorpusReader(corpus, "train")
+    straight = CropBatches(reader, 2, CROP, seed=1, prefetch=2)
+    expected = [straight.next() for _ in range(4)]
+    straight.close()
+    first = CropBatches(reader, 2, CROP, seed=1, prefetch=2)
+    first.next(), first.next()
+    position = first.state_dict()
+    first.close()
+    resumed = CropBatches(reader, 2, CROP, seed=1, prefetch=0)
+    resumed.load_state_dict(position)
+    assert torch.equal(resumed.next(), expected[2]) and torch.equal(resumed.next(), expected[3])
+    other_rank = CropBatches(reader, 2, CROP, seed=1, rank=1, prefetch=0)
+    assert not torch.equal(other_rank.next(), expected[0])
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, corpus: str, out: str, result: str):
+    import os
+
+    from meltok.train import distributed
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    try:
+        config = tiny_config(steps=4, checkpoint_every=2, **{"stage1.revive_every": 2})
+        trainer = Trainer(config, corpus, out, device="cpu")
+        trainer.run(max_steps_this_run=3)
+        torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, f"{result}-{rank}.pt")
+        Trainer(config, corpus, out, device="cpu").run()  # resume to step 4 on both ranks
+    finally:
+        distributed.teardown()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    """torchrun-style DDP with gloo: both ranks hold the same weights; rank 0 alone writes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out, result = tmp_path / "run", tmp_path / "weights"
+    mp.spawn(_ddp_worker, args=(2, port, str(corpus), str(out), str(result)), nprocs=2, join=True)
+    rank0, rank1 = torch.load(f"{result}-0.pt"), torch.load(f"{result}-1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    state = _final_state(out)
+    assert state["step"] == 4 and len(state["rng"]) == 2 and len(state["data"]) == 2
+    assert state["data"][0] != state["data"][1]  # independent crop streams per rank
+    assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["step-000000003", "step-000000004"]
