@@ -12,6 +12,7 @@ from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import read_tokens, write_tokens
 
 from .evaluate import eval_command
+from .train.cli import train
 
 log = logging.getLogger("meltok")
 
@@ -160,8 +161,4 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
 
 
 main.add_command(eval_command)
-
-
-from .train.cli import train  # noqa: E402  (training commands: meltok train stage1|stage2)
-
 main.add_command(train)
