@@ -160,5 +160,26 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
     click.echo(json.dumps(totals, indent=2))
 
 
+@data.command("clips")
+@click.argument("corpus", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the clips.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--category", "categories", multiple=True, metavar="SOURCE=CATEGORY",
+              help="Put SOURCE's clips in the folder CATEGORY (e.g. klettres-data=speech); repeatable.")
+@click.option("--per-source", default=10, show_default=True)
+@click.option("--seconds", default=8.0, show_default=True, help="Longest clip.")
+@click.option("--source", "sources", multiple=True, help="Use only this source; repeatable (default: all).")
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed):
+    """Cut evaluation clips from a corpus split (default: the held-out test split)."""
+    from .train.heldout import export_clips
+
+    mapping = dict(item.split("=", 1) for item in categories if "=" in item)
+    clips = export_clips(corpus, output, split=split, categories=mapping, per_source=per_source,
+                         seconds=seconds, seed=seed, sources=list(sources))
+    click.echo(f"wrote {len(clips)} clips to {output}")
+
+
 main.add_command(eval_command)
 main.add_command(train)
