@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from meltok_runtime.atomic import atomic_output
 from meltok_runtime.errors import BackendError, BundleError
 from meltok_runtime.manifest import EngineEntry, file_sha256
 
@@ -178,8 +179,10 @@ def build_engine(onnx_path, plan_path, profile: dict, *, precision: str, graph: 
     if serialized is None:
         raise BundleError(f"TensorRT {version} could not build an engine from {onnx_path.name} (see the TensorRT "
                           "messages above); try a smaller --max-seconds or --max-batch")
-    plan_path.write_bytes(memoryview(serialized))
-    cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    with atomic_output(plan_path) as tmp:  # a killed build never leaves a partial engine or timing cache
+        tmp.write_bytes(memoryview(serialized))
+    with atomic_output(cache_path) as tmp:
+        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return EngineEntry(graph=graph, file=plan_path.name, sha256=file_sha256(plan_path),
                        onnx_sha256=file_sha256(onnx_path), tensorrt_version=version,
                        compute_capability=info["compute_capability"], device_name=info["name"],

@@ -5,6 +5,7 @@ import hashlib
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +115,22 @@ def _torch_load(path, allow_pickle: bool) -> dict:
     except pickle.UnpicklingError as error:
         raise ModelFileError(
             f"{str(path)!r} holds objects beyond plain tensors, and loading them could run code from the file "
-            f"({str(error).splitlines()[0][:160]}); if you trust its source, pass allow_pickle=True "
+            f"({_refusal_reason(error)}); if you trust its source, pass allow_pickle=True "
             "(CLI: --trust-pickle)")
+    except (ImportError, AttributeError) as error:  # allow_pickle: the pickle names code not installed here
+        raise ModelFileError(
+            f"{str(path)!r} needs Python code that is not installed here to be unpickled ({error}); install the "
+            "package that wrote it, or convert the checkpoint where it is installed")
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise ModelFileError(f"cannot read checkpoint {str(path)!r} ({str(error).splitlines()[0][:160]}); "
                              "is it a complete PyTorch checkpoint?")
+
+
+def _refusal_reason(error) -> str:
+    """The line of torch's weights-only refusal that names the object (else its first line), one line, no colours."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    reason = next((line for line in lines if "GLOBAL " in line), lines[0]).split(". Please")[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200]
 
 
 def _indices(state: dict, pattern: str) -> list[int]:
@@ -203,6 +215,8 @@ def load_official(cls, stage1_path, stage2_path, *, allow_pickle: bool = False):
         raise ModelFileError(f"{str(stage2_path)!r} is not a stage-2 Lightning checkpoint (no 'state_dict')")
     tokenizer, vocoder, extras = _split_official(stage1_file["encoder"], stage2_file["state_dict"])
     hparams = stage2_file.get("hyper_parameters") or {}
+    if not isinstance(hparams, Mapping):  # e.g. an argparse.Namespace, readable with allow_pickle=True
+        hparams = getattr(hparams, "__dict__", {})
     filterbank = extras.get("feature_extractor.mel_spec.mel_scale.fb")
     window = extras.get("head.istft.window")
     n_mels = filterbank.shape[1] if filterbank is not None else 96
