@@ -12,9 +12,10 @@ Backends (``--backends``, default all; one not available here is listed with the
 - ``torch-cpu-fp32``: PyTorch eager, float32, CPU (the reference; ``vs eager`` of CPU backends);
 - ``torch-cuda-fp32`` (TF32 off; ``vs eager`` of GPU backends), ``torch-cuda-tf32``, ``torch-cuda-fp16``
   (autocast float16);
-- ``ort-cpu-fp32``, ``ort-cpu-int8`` (an int8 bundle: exported when ``meltok_export`` offers an
-  ``int8`` precision, or given with ``--bundle ort-cpu-int8=PATH``), ``ort-cuda-fp32``, ``ort-cuda-fp16``,
-  ``trt-fp16``: ``meltok_runtime`` on an export bundle.
+- ``ort-cpu-fp32``, ``ort-cpu-int8`` (an int8 bundle, ``meltok-export --precision int8``: the trunk quantized
+  by ONNX Runtime, float32 islands; or given with ``--bundle ort-cpu-int8=PATH``; its ``x floor`` is against
+  the float32 matmul rate), ``ort-cuda-fp32``, ``ort-cuda-fp16``, ``trt-fp16``: ``meltok_runtime`` on an
+  export bundle.
 
 Every configuration (model, backend, op, batch, length) runs in a fresh subprocess, so its peak RSS
 (``VmHWM`` of ``/proc/self/status``; ``resource.getrusage`` where there is no ``/proc``) is its own; on CUDA the peak device memory is ``torch.cuda.max_memory_allocated``

@@ -36,6 +36,9 @@ def _check_options(engine: str, precision: str, max_seconds: float, opt_seconds:
         raise ExportOptionError(f"engine must be one of {ENGINES}, got {engine!r}")
     if precision not in PRECISIONS:
         raise ExportOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and engine != "onnx":
+        raise ExportOptionError("int8 bundles are for ONNX Runtime on the CPU (their uint8 QDQ graphs do not fit "
+                                "TensorRT's ONNX parser): use --engine onnx, or --precision fp16 for TensorRT")
     if not max_seconds > 0:
         raise ExportOptionError(f"max seconds must be positive, got {max_seconds}")
     if not 0 < opt_seconds <= max_seconds:
@@ -78,8 +81,11 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
     """Export ``model`` (a ``meltok.MelTok``) to the bundle folder ``out``; returns its manifest.
 
     ``engine="trt"`` also builds TensorRT engines (fails fast with BackendError where TensorRT is not
-    installed). Raises VerificationError (a BundleError) when the graphs or engines do not reproduce the
-    model; nothing is left behind then.
+    installed). ``precision="int8"``: ONNX Runtime CPU graphs, quantized from the float32 ones
+    (``meltok_export.quantize``); the manifest's ``tolerances["int8"]`` says how, and
+    ``tolerances["tensorrt_ops"]`` why the TensorRT operator check does not apply to them. Raises
+    VerificationError (a BundleError) when the graphs or engines do not reproduce the model; nothing is
+    left behind then.
     """
     _check_options(engine, precision, max_seconds, opt_seconds, max_batch)
     if engine == "trt":
@@ -92,7 +98,14 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
     limits = bundle_limits(model, max_batch=max_batch, max_seconds=max_seconds, opt_seconds=opt_seconds)
     out = Path(out)
     with atomic_directory(out) as folder:
-        graphs = export_onnx(model, folder, precision=precision, opset=opset)
+        quantization = None
+        if precision == "int8":  # the float32 graphs (TensorRT-checked), quantized in place
+            from .quantize import quantize_graphs
+
+            export_onnx(model, folder, precision="fp32", opset=opset)
+            graphs, quantization = quantize_graphs(folder, model)
+        else:
+            graphs = export_onnx(model, folder, precision=precision, opset=opset)
         log.info("verifying the graphs with ONNX Runtime against the PyTorch model")
         report = verify_graphs(model, folder, precision, max_seconds=verify_seconds)
         require_passed(report, "the exported graphs")
@@ -103,12 +116,16 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
             report["tensorrt"] = verify_engines(model, folder, engines, precision, max_seconds=verify_seconds)
             require_passed(report, "the TensorRT engines")
         config = model.config
+        tolerances = tolerance_record(report)
+        if quantization is not None:
+            tolerances["tensorrt_ops"] = quantization.pop("tensorrt_ops")
+            tolerances["int8"] = quantization
         manifest = Manifest(
             model_id=model.model_id, model_name=config.name, model_sha256=digest,
             sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
             token_rows=model.token_rows, codebook_size=model.codebook_size,
             compression=config.tokenizer.compression, opset=opset, graphs=graphs, engines=engines,
-            limits=limits, tolerances=tolerance_record(report), versions=tool_versions(engine))
+            limits=limits, tolerances=tolerances, versions=tool_versions(engine))
         manifest.write(folder)
     log.info("wrote bundle %s", out)
     return manifest

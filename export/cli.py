@@ -1,6 +1,6 @@
 """``meltok-export`` command line: a thin layer over ``export_bundle`` and ``verify_bundle``.
 
-    meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16] [--max-seconds S]
+    meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16|int8] [--max-seconds S]
                   [--opt-seconds S] [--max-batch B]
     meltok-export verify BUNDLE -m MODEL
 """
@@ -48,8 +48,9 @@ def _load_model(path):
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write (replaced if present).")
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
               help="trt also builds TensorRT engines (needs TensorRT and an NVIDIA GPU).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head); int8: the trunk "
+                   "quantized for ONNX Runtime on the CPU (calibrated on real audio), the same float32 islands.")
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Longest input (per window) the engines accept.")
 @click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -71,7 +72,8 @@ def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_
     figures = manifest.tolerances["onnxruntime"]
     click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
                f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "
-               f"{figures['token_agreement']:.2%}, waveform SNR {figures['waveform_snr_db']:.1f} dB")
+               f"{figures['token_agreement']:.2%}, waveform SNR {figures['waveform_snr_db']:.1f} dB"
+               + (f", mel distance {figures['mel_distance']:.3f}" if figures.get("mel_distance") is not None else ""))
 
 
 @main.command()
@@ -90,7 +92,8 @@ def verify(bundle, model_path, as_json):
         return
     click.echo(f"{bundle}: passed ({report['backend']}, {report['precision']}): token agreement "
                f"{report['token_agreement']:.2%}, waveform SNR {report['waveform_snr_db']:.1f} dB, "
-               f"mel error {report['mel_mean_error']:.2g}")
+               f"mel error {report['mel_mean_error']:.2g}"
+               + (f", mel distance {report['mel_distance']:.3f}" if report.get("mel_distance") is not None else ""))
     trt = report.get("tensorrt", {})
     if "skipped" in trt:
         click.echo(f"TensorRT: not verified ({trt['skipped']})")

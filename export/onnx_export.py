@@ -16,6 +16,10 @@ and every GroupNorm/LayerNorm (their statistics overflow or lose precision in fl
 about exactly this); attention scales ``q`` before ``q.k`` so that its float16 logits cannot overflow
 (``Float16Attention``). The variant is built in torch, so the ONNX file carries explicit ``Cast`` nodes
 at every island boundary: what a strongly typed TensorRT network needs.
+
+Precision ``int8`` is not built in torch: the float32 graphs are exported, then quantized by ONNX Runtime
+(QDQ, calibrated on real audio) with the same float32 islands; see ``meltok_export.quantize``. Int8 graphs
+are for ONNX Runtime on the CPU.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from meltok_runtime.manifest import BUNDLE_FORMAT_VERSION, GraphEntry, TensorSpe
 log = logging.getLogger("meltok_export")
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
 
 
@@ -130,6 +134,9 @@ def precision_variant(model, precision: str):
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8":
+        raise ValueError("int8 graphs are quantized from the float32 graphs by ONNX Runtime "
+                         "(meltok_export.quantize), not built in torch: use export_graph or export_onnx")
     variant = copy.deepcopy(model).float().eval()
     if precision == "fp32":
         return variant
@@ -258,7 +265,8 @@ def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int 
                  model_hash: str | None = None, simplify_graph: bool = True) -> GraphEntry:
     """Export one graph (``"encoder"`` or ``"decoder"``) of ``model`` to ``path``; returns its GraphEntry.
 
-    Refuses (BundleError) a graph that violates TensorRT 10's ONNX operator support list.
+    Refuses (BundleError) a graph that violates TensorRT 10's ONNX operator support list. ``int8``: the
+    float32 graph (which passed that check) quantized for ONNX Runtime CPU (``meltok_export.quantize``).
     """
     import onnx
 
@@ -266,6 +274,14 @@ def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int 
 
     if name not in GRAPH_FILES:
         raise ValueError(f"graph must be one of {sorted(GRAPH_FILES)}, got {name!r}")
+    if precision == "int8":
+        from .quantize import calibration_feeds, quantize_graph
+
+        entry = export_graph(model, name, path, precision="fp32", opset=opset, model_hash=model_hash,
+                             simplify_graph=simplify_graph)
+        quantize_graph(path, path, name, calibration_feeds(model)[name])
+        return GraphEntry(file=entry.file, sha256=file_sha256(path), precision="int8", inputs=entry.inputs,
+                          outputs=entry.outputs)
     variant = precision_variant(model, precision)
     wrapper = (EncoderGraph if name == "encoder" else DecoderGraph)(variant).eval()
     inputs, outputs = graph_specs(model)[name]
@@ -285,14 +301,21 @@ def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int 
 
 
 def export_onnx(model, folder, *, precision: str = "fp32", opset: int = OPSET) -> dict[str, GraphEntry]:
-    """Write ``encoder.onnx`` and ``decoder.onnx`` for ``model`` into ``folder``; returns their GraphEntries."""
+    """Write ``encoder.onnx`` and ``decoder.onnx`` for ``model`` into ``folder``; returns their GraphEntries.
+
+    ``int8``: the float32 graphs, then quantized in place (``meltok_export.quantize.quantize_graphs``)."""
     if opset < OPSET:
         raise ValueError(f"opset must be at least {OPSET} (LayerNormalization), got {opset}")
     folder = Path(folder)
     digest = model_sha256(model)
     entries = {}
+    source = "fp32" if precision == "int8" else precision
     for name, file in GRAPH_FILES.items():
-        log.info("exporting the %s graph (%s, opset %d)", name, precision, opset)
-        entries[name] = export_graph(model, name, folder / file, precision=precision, opset=opset,
+        log.info("exporting the %s graph (%s, opset %d)", name, source, opset)
+        entries[name] = export_graph(model, name, folder / file, precision=source, opset=opset,
                                      model_hash=digest)
+    if precision == "int8":
+        from .quantize import quantize_graphs
+
+        entries, _ = quantize_graphs(folder, model)
     return entries

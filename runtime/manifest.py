@@ -47,7 +47,7 @@ class GraphEntry:
 
     file: str
     sha256: str
-    precision: str  # "fp32" or "fp16" (fp16 trunk, float32 islands)
+    precision: str  # "fp32", "fp16" (fp16 trunk, float32 islands) or "int8" (QDQ trunk for ONNX Runtime CPU)
     inputs: tuple
     outputs: tuple
 

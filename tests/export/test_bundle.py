@@ -118,8 +118,8 @@ def test_trt_engine_without_tensorrt_fails_fast(tiny_model, tmp_path, monkeypatc
     assert _leftovers(tmp_path, "out") == []
 
 
-@pytest.mark.parametrize("options", [{"engine": "tflite"}, {"precision": "int8"}, {"max_seconds": 0},
-                                     {"opt_seconds": 40.0}, {"max_batch": 0}])
+@pytest.mark.parametrize("options", [{"engine": "tflite"}, {"precision": "int4"}, {"engine": "trt", "precision": "int8"},
+                                     {"max_seconds": 0}, {"opt_seconds": 40.0}, {"max_batch": 0}])
 def test_bad_options_are_refused(tiny_model, tmp_path, options):
     with pytest.raises(ExportOptionError):
         export_bundle(tiny_model, tmp_path / "out", **options)
