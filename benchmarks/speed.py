@@ -437,7 +437,7 @@ def parse_args(argv=None):
     parser.add_argument("--mode", choices=("api", "graph"), default="api",
                         help="api: the windowed numpy API; graph: one bare graph call on the whole input")
     parser.add_argument("--window-seconds", type=float, default=None,
-                        help="window of the API mode, for every backend (default: the library's, 10 s)")
+                        help="window of the API mode, for every backend (default: the library's, 12 s)")
     parser.add_argument("--budget-seconds", type=float, default=120.0,
                         help="skip a configuration whose estimated time exceeds this (default: %(default)s)")
     parser.add_argument("--bundle-dir", default=str(DEFAULT_BUNDLE_DIR),

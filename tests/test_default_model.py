@@ -1,0 +1,54 @@
+"""The shipped default model and its bundle: used with no model argument, offline, on real audio."""
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from meltok.default_model import DEFAULT_MODEL
+from meltok_runtime.codec import DEFAULT_BUNDLE
+from meltok_runtime.manifest import load_manifest
+from meltok_runtime.tokenfile import read_tokens
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="no default model is shipped in this checkout")
+
+# Measured on tests/data/music.flac when the model was shipped (README, "The shipped default model"),
+# with a margin.
+MEL_DISTANCE_BOUND = 5.0  # measured 3.95 (random edge weights: 12.6)
+
+
+def test_bundle_is_the_export_of_the_model():
+    from meltok.checkpoints import read_model_metadata
+
+    manifest = load_manifest(DEFAULT_BUNDLE)
+    assert manifest.model_id == read_model_metadata(DEFAULT_MODEL)["model_id"]
+    assert (manifest.token_rows, manifest.codebook_size, manifest.sample_rate) == (12, 8192, 44100)
+
+
+def test_both_command_lines_work_without_a_model_argument(tmp_path, real_clip_paths):
+    from meltok.cli import main as meltok_main
+    from meltok_runtime.cli import main as runtime_main
+
+    source = real_clip_paths["music"]
+    runner = CliRunner()
+    for name, main in (("rt", runtime_main), ("torch", meltok_main)):
+        result = runner.invoke(main, ["encode", str(source), "-o", str(tmp_path / f"{name}.mtok")])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(main, ["decode", str(tmp_path / f"{name}.mtok"), "-o", str(tmp_path / f"{name}.wav")])
+        assert result.exit_code == 0, result.output
+    rt_tokens, torch_tokens = (read_tokens(tmp_path / f"{n}.mtok").tokens for n in ("rt", "torch"))
+    assert rt_tokens.shape == torch_tokens.shape
+    assert (rt_tokens == torch_tokens).mean() > 0.99
+    original, _ = sf.read(source, dtype="float32")
+    decoded, rate = sf.read(tmp_path / "rt.wav", dtype="float32")
+    assert rate == 44100 and decoded.shape == (original.shape[0],)
+
+
+def test_default_model_reconstructs_real_music(real_clips):
+    from meltok import MelTok
+    from meltok.metrics import mel_distance
+
+    model = MelTok.load(DEFAULT_MODEL)
+    audio = real_clips["music"]
+    decoded = model.decode(model.encode(audio), num_samples=audio.shape[-1])[0]
+    assert mel_distance(audio, decoded) < MEL_DISTANCE_BOUND
+    assert np.isfinite(decoded).all()
