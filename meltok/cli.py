@@ -1,6 +1,7 @@
 """``meltok`` command line: a thin layer over the library (PyTorch path)."""
 import json
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -147,7 +148,7 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
     """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable)."""
     from .train.corpus import build_corpus
 
-    with click.progressbar(length=1, label="files", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=1, label="files", file=sys.stderr) as bar:
         def progress(done, total):
             bar.length = total
             bar.update(done - bar.pos)

@@ -40,7 +40,7 @@ def _progress(total: int, label: str):
     if total <= 1:
         yield None
         return
-    with click.progressbar(length=total, label=label, file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         yield lambda done, _total: bar.update(done - bar.pos)
 
 

@@ -26,7 +26,7 @@ def speech(golden_io):
 
 
 # ------------------------------------------------------------------ definitions
-@pytest.mark.parametrize("n_fft,n_mels", zip(metrics.DAC_WINDOW_LENGTHS, metrics.DAC_N_MELS))
+@pytest.mark.parametrize("n_fft,n_mels", list(zip(metrics.DAC_WINDOW_LENGTHS, metrics.DAC_N_MELS)))
 def test_slaney_filters_equal_librosa(n_fft, n_mels):
     librosa = pytest.importorskip("librosa")
     expected = librosa.filters.mel(sr=44100, n_fft=n_fft, n_mels=n_mels)
