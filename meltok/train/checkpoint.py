@@ -17,7 +17,6 @@ are removed only after a new one is complete.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ import torch
 
 from meltok_runtime.atomic import atomic_directory
 from meltok_runtime.errors import ModelFileError
+from meltok_runtime.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,6 @@ def _pack(tensors: dict[str, torch.Tensor], limit: int | None) -> tuple[list[dic
     return shards, split
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- save / load
 def save_checkpoint(run_dir, state: dict, *, step: int, shard_mib: float = 15.0, keep: int = 2,
                     meta: dict | None = None) -> Path:
@@ -158,9 +150,9 @@ def save_checkpoint(run_dir, state: dict, *, step: int, shard_mib: float = 15.0,
             if limit is not None and size > limit:
                 raise RuntimeError(f"checkpoint shard {path.name} has {size} bytes, over the {limit}-byte "
                                    "limit; this is a bug in the shard packing")
-            records.append({"file": path.name, "bytes": size, "sha256": _sha256(path), "tensors": len(shard)})
+            records.append({"file": path.name, "bytes": size, "sha256": file_sha256(path), "tensors": len(shard)})
         index = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
-                 "shard_mib": shard_mib, "state": {"file": "state.pt", "sha256": _sha256(tmp / "state.pt")},
+                 "shard_mib": shard_mib, "state": {"file": "state.pt", "sha256": file_sha256(tmp / "state.pt")},
                  "shards": records, "split_tensors": split, **(meta or {})}
         (tmp / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
@@ -188,7 +180,7 @@ def read_index(folder) -> dict:
 def _load_file(path: Path, sha256: str | None, verify: bool):
     if not path.is_file():
         raise ModelFileError(f"checkpoint file {str(path)!r} is missing; the checkpoint is incomplete")
-    if verify and sha256 and _sha256(path) != sha256:
+    if verify and sha256 and file_sha256(path) != sha256:
         raise ModelFileError(f"checkpoint file {str(path)!r} does not match its recorded sha256; it is corrupt")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
