@@ -2,15 +2,14 @@
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 import numpy as np
 
-from meltok_runtime.audio import load_audio, prepare_audio, write_audio
-from meltok_runtime.cli_support import setup_logging, user_errors, verbose_option
+from meltok_runtime.cli_support import (load_for_encoding, setup_logging, user_errors, verbose_option,
+                                        write_decoded)
 from meltok_runtime.errors import MeltokError
-from meltok_runtime.tokenfile import read_tokens, write_tokens
+from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
 
 from .evaluate import eval_command
 from .train.cli import train
@@ -63,11 +62,8 @@ def encode(audio, model_path, output, device):
     from meltok_runtime.atomic import check_output_path
 
     check_output_path(output)
-    samples, rate = load_audio(audio)
     model = _load_model(model_path, device)
-    batch, resampled = prepare_audio(samples[None], rate, model.sample_rate)  # checks before warning
-    if resampled:
-        log.warning("resampling %s from %d Hz to %d Hz", audio, rate, model.sample_rate)
+    batch = load_for_encoding(audio, model.sample_rate)
     tokens = model.encode(batch, model.sample_rate)
     write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=batch.shape[-1],
                  model_id=model.model_id, codebook_size=model.codebook_size)
@@ -89,17 +85,10 @@ def decode(tokens, model_path, output, device):
     check_output_path(output)
     token_file = read_tokens(tokens)
     model = _load_model(model_path, device)
-    model.check_model_id(token_file.model_id)
+    check_token_file(token_file, model_id=model.model_id, sample_rate=model.sample_rate, source=tokens)
     audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
-    for index, length in enumerate(token_file.num_samples):
-        target = output if len(token_file.num_samples) == 1 else _indexed(output, index)
-        write_audio(target, audio[index, :length], model.sample_rate)
+    write_decoded(output, audio, token_file.num_samples, model.sample_rate)
     click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz")
-
-
-def _indexed(path, index):
-    path = Path(path)
-    return path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
 @main.command()

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from meltok_runtime.audio import prepare_audio
-from meltok_runtime.errors import ModelMismatchError
 from meltok_runtime.framing import check_tokens, padded_length
 from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, decode_windowed,
                                       encode_windowed, seconds_to_columns)
@@ -172,10 +171,3 @@ class MelTok(nn.Module):
         from .checkpoints import load_official
 
         return load_official(cls, stage1_path, stage2_path, allow_pickle=allow_pickle)
-
-    def check_model_id(self, model_id: str | None) -> None:
-        """Raise ModelMismatchError when tokens were made by another model."""
-        if model_id and model_id != self.model_id:
-            raise ModelMismatchError(
-                f"tokens were made by model {model_id!r} but this model is {self.model_id!r}; "
-                "decode them with the model that encoded them")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .backends import BACKEND_CHOICES
-from .cli_support import setup_logging, user_errors, verbose_option
+from .cli_support import load_for_encoding, setup_logging, user_errors, verbose_option, write_decoded
 
 log = logging.getLogger("meltok_runtime")
 
@@ -61,15 +61,11 @@ def main(verbose):
 def encode(audio, bundle, output, backend, threads):
     """Encode an audio file (any format soundfile reads) to a token file."""
     from .atomic import check_output_path
-    from .audio import load_audio, prepare_audio
     from .tokenfile import write_tokens
 
     check_output_path(output)
-    samples, rate = load_audio(audio)
     with _open_codec(bundle, backend, threads) as codec:
-        batch, resampled = prepare_audio(samples[None], rate, codec.sample_rate)  # checks before warning
-        if resampled:
-            log.warning("resampling %s from %d Hz to %d Hz", audio, rate, codec.sample_rate)
+        batch = load_for_encoding(audio, codec.sample_rate)
         with _progress(codec.encode_windows(batch.shape[-1]), "encoding") as progress:
             tokens = codec.encode(batch, codec.sample_rate, progress=progress)
     write_tokens(output, tokens, sample_rate=codec.sample_rate, num_samples=batch.shape[-1],
@@ -89,32 +85,18 @@ def encode(audio, bundle, output, backend, threads):
 def decode(tokens, bundle, output, backend, threads):
     """Decode a token file to audio at 44.1 kHz, each item trimmed to its encoded length."""
     from .atomic import check_output_path
-    from .audio import write_audio
-    from .errors import ModelMismatchError
-    from .tokenfile import read_tokens
+    from .tokenfile import check_token_file, read_tokens
 
     check_output_path(output)
     token_file = read_tokens(tokens)
     with _open_codec(bundle, backend, threads) as codec:
-        if token_file.model_id and token_file.model_id != codec.model_id:
-            raise ModelMismatchError(f"{tokens} was made by model {token_file.model_id!r} but the bundle holds "
-                                     f"{codec.model_id!r}; decode it with the bundle of the model that encoded it")
-        if token_file.sample_rate != codec.sample_rate:
-            raise ModelMismatchError(f"{tokens} is at {token_file.sample_rate} Hz but the bundle's model works at "
-                                     f"{codec.sample_rate} Hz; decode it with the model that encoded it")
+        check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=tokens)
         array = token_file.tokens
         with _progress(codec.decode_windows(array.shape[-1], array.shape[0]), "decoding") as progress:
             audio = codec.decode(array, num_samples=max(token_file.num_samples), progress=progress)
-    for index, length in enumerate(token_file.num_samples):
-        target = output if len(token_file.num_samples) == 1 else _indexed(output, index)
-        write_audio(target, audio[index, :length], codec.sample_rate)
+    write_decoded(output, audio, token_file.num_samples, codec.sample_rate)
     click.echo(f"wrote {output}: {max(token_file.num_samples) / codec.sample_rate:.2f} s at {codec.sample_rate} Hz "
                f"(backend {codec.backend})")
-
-
-def _indexed(path, index):
-    path = Path(path)
-    return path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
 @main.command()

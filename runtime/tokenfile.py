@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_output
-from .errors import (BadMagicError, CodeRangeError, OutputPathError, TokenFileError, TruncatedError,
-                     UnsupportedVersionError)
+from .errors import (BadMagicError, CodeRangeError, ModelMismatchError, OutputPathError, TokenFileError,
+                     TruncatedError, UnsupportedVersionError)
 
 MAGIC = b"MELTOK"
 FORMAT_VERSION = 1
@@ -269,3 +269,13 @@ def _header_problem(header, version: int) -> str:
     if header["payload_bytes"] != expected:
         return f"payload_bytes {header['payload_bytes']} != {expected} for shape {shape}"
     return ""
+
+
+def check_token_file(token_file: TokenFile, *, model_id: str, sample_rate: int, source) -> None:
+    """Raise ModelMismatchError when ``token_file`` was made by another model or at another rate."""
+    if token_file.model_id and token_file.model_id != model_id:
+        raise ModelMismatchError(f"{source} was made by model {token_file.model_id!r} but this model is "
+                                 f"{model_id!r}; decode it with the model that encoded it")
+    if token_file.sample_rate != sample_rate:
+        raise ModelMismatchError(f"{source} is at {token_file.sample_rate} Hz but the model works at "
+                                 f"{sample_rate} Hz; decode it with the model that encoded it")
