@@ -63,3 +63,7 @@ class InputSpecError(MeltokError, ValueError):
 
 class EngineMismatchError(ModelMismatchError, BackendError):
     """A TensorRT engine built for another GPU, TensorRT version or ONNX graph: refused, never run."""
+
+
+class MissingDependencyError(BackendError, ImportError):
+    """An optional package needed for this feature is not installed; the message names the install command."""
