@@ -2,36 +2,54 @@
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
-import numpy as np
 
-from meltok_runtime.cli_support import (load_for_encoding, setup_logging, user_errors, verbose_option,
-                                        write_decoded)
+from meltok_runtime.cli_support import (CommandGroup, load_for_encoding, setup_logging, user_errors,
+                                        verbose_option, version_option, write_decoded)
+from meltok_runtime.atomic import check_new_output
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
 
+from .config import PRESETS
 from .evaluate import eval_command
 from .train.cli import train
 
 log = logging.getLogger("meltok")
 
 model_option = click.option(
-    "-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-    help="Model file (.safetensors from `meltok convert` or training); default: the shipped model.")
+    "-m", "--model", "model_path", type=click.Path(), default=None,
+    help="Model file (.safetensors from `meltok convert`, `meltok init` or training) or export bundle folder "
+         "(from meltok-export, run with ONNX Runtime); default: the shipped model.")
+force_option = click.option("--force", is_flag=True, help="Replace the output if it exists (never an input).")
 
 
 def _load_model(model_path, device):
+    """A MelTok from a model file, or a runtime Codec from a bundle folder (same encode/decode calls)."""
+    if model_path is not None and Path(model_path).is_dir():
+        from meltok_runtime import Codec
+
+        return Codec.open(model_path)
     from .codec import MelTok
     from .default_model import default_model_path
 
     return MelTok.load(model_path or default_model_path(), device=device)
 
 
-@click.group()
+def _warn_suffix(path, suffix: str, what: str) -> None:
+    if Path(path).suffix.lower() != suffix:
+        log.warning("%s: %s are usually named *%s", path, what, suffix)
+
+
+@click.group(cls=CommandGroup)
 @verbose_option
+@version_option
 def main(verbose):
-    """MelTok: 44.1 kHz audio <-> one stream of discrete tokens (PyTorch path)."""
+    """MelTok: 44.1 kHz audio <-> one stream of discrete tokens (PyTorch path).
+
+    Commands that run a model file need PyTorch (pip install -e '.[train]'); meltok-rt runs
+    exported bundles without it."""
     setup_logging(verbose)
 
 
@@ -39,16 +57,43 @@ def main(verbose):
 @click.argument("stage1", type=click.Path(dir_okay=False))
 @click.argument("stage2", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@force_option
 @click.option("--trust-pickle", is_flag=True,
               help="Allow full unpickling of the checkpoints (can run code from them: only for files you trust).")
 @user_errors
-def convert(stage1, stage2, output, trust_pickle):
-    """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file."""
+def convert(stage1, stage2, output, force, trust_pickle):
+    """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file.
+
+    The official MelCap checkpoints are published at https://huggingface.co/jingyi49/MelCap."""
     from .codec import MelTok
 
+    check_new_output(output, inputs=(stage1, stage2), force=force)
+    _warn_suffix(output, ".safetensors", "model files")
     model = MelTok.from_official(stage1, stage2, allow_pickle=trust_pickle)
     model_id = model.save(output)
     click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+
+
+@main.command()
+@click.option("--preset", required=True, type=click.Choice(sorted(PRESETS)), help="Architecture to build.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@force_option
+@user_errors
+def init(preset, output, seed, force):
+    """Write a model file of PRESET with random weights (for export tests and benchmarks; it does not
+    reconstruct audio: train it, or convert the official checkpoints)."""
+    import torch
+
+    from .codec import MelTok
+
+    check_new_output(output, force=force)
+    _warn_suffix(output, ".safetensors", "model files")
+    torch.manual_seed(seed)
+    model = MelTok.from_config(preset)
+    model_id = model.save(output)
+    click.echo(f"wrote {output} ({model_id}, preset {preset}, random weights, "
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
 
 @main.command()
@@ -106,13 +151,7 @@ def info(path):
         click.echo(json.dumps({"kind": "model", "model_id": metadata["model_id"],
                                "format_version": int(metadata["format_version"]), "config": config}, indent=2))
         return
-    tokens = token_file.tokens
-    click.echo(json.dumps({
-        "kind": "tokens", "version": token_file.version, "model_id": token_file.model_id,
-        "sample_rate": token_file.sample_rate, "num_samples": token_file.num_samples,
-        "seconds": [n / token_file.sample_rate for n in token_file.num_samples],
-        "shape": list(tokens.shape), "codebook_size": token_file.codebook_size,
-        "distinct_codes": int(np.unique(tokens).size)}, indent=2))
+    click.echo(json.dumps(token_file.describe(), indent=2))
 
 
 @main.group()
@@ -134,8 +173,11 @@ def data():
 @user_errors
 def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, shard_mb, keep_band_limited,
                max_files_per_source, workers):
-    """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable)."""
+    """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable: rerun to continue)."""
     from .train.corpus import build_corpus
+
+    # an existing corpus folder is resumed (build_corpus refuses any other non-empty folder)
+    check_new_output(output, inputs=sources, force=True, folder=True)
 
     with click.progressbar(length=1, label="files", file=sys.stderr) as bar:
         def progress(done, total):
@@ -160,10 +202,14 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
 @click.option("--seconds", default=8.0, show_default=True, help="Longest clip.")
 @click.option("--source", "sources", multiple=True, help="Use only this source; repeatable (default: all).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Write into an existing, non-empty folder (replacing clips of the same "
+                                            "names).")
 @user_errors
-def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed):
+def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed, force):
     """Cut evaluation clips from a corpus split (default: the held-out test split)."""
     from .train.heldout import export_clips
+
+    check_new_output(output, inputs=(corpus,), force=force, folder=True)
 
     mapping = dict(item.split("=", 1) for item in categories if "=" in item)
     clips = export_clips(corpus, output, split=split, categories=mapping, per_source=per_source,

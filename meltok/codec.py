@@ -153,10 +153,11 @@ class MelTok(nn.Module):
 
     @classmethod
     def load(cls, path, *, device: str | torch.device = "cpu") -> "MelTok":
-        """Load a meltok model file (safetensors; never unpickles)."""
+        """Load a meltok model file (safetensors; never unpickles) onto ``device`` (checked first)."""
         from .checkpoints import load_model_file
+        from .devices import torch_device
 
-        return load_model_file(cls, path, device=device)
+        return load_model_file(cls, path, device=torch_device(device))
 
     def save(self, path) -> str:
         """Write the model file atomically; returns and sets the new ``model_id``."""

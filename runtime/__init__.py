@@ -4,15 +4,23 @@
 shared with ``meltok`` and ``meltok_export``: token files, audio I/O, framing, bundle manifests.
 Heavy modules (the codec, its backends, soundfile/soxr) are imported on first use.
 """
-from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, EngineMismatchError,
+from importlib import metadata as _metadata
+
+from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, DeviceError, EngineMismatchError,
                      InputSpecError, MeltokError, ModelMismatchError, OutputPathError, TokenFileError,
                      TokenInputError)
+
+try:  # one source of truth for all three packages: the version in setup.cfg, as installed
+    __version__ = _metadata.version("meltok")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {"Codec": "codec", "default_bundle": "codec", "load_manifest": "manifest", "Manifest": "manifest",
          "read_tokens": "tokenfile", "write_tokens": "tokenfile", "TokenFile": "tokenfile",
          "load_audio": "audio", "write_audio": "audio"}
 
-__all__ = ["AudioInputError", "BackendError", "BundleError", "CodeRangeError", "EngineMismatchError",
+__all__ = ["__version__", "AudioInputError", "BackendError", "BundleError", "CodeRangeError", "DeviceError",
+           "EngineMismatchError",
            "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError", "TokenFileError",
            "TokenInputError", *_LAZY]
 

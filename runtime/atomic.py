@@ -21,6 +21,48 @@ def check_output_path(path) -> Path:
     return path
 
 
+def check_writable_folder(folder) -> None:
+    """Raise OutputPathError unless a file can be created in ``folder`` (tried, so that read-only
+    mounts and permissions are both caught before any work)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"cannot write to folder {str(folder)!r} ({error.strerror}); choose a writable "
+                              "output path") from None
+
+
+def _overlaps(path: Path, source: Path) -> bool:
+    """True when ``path`` is ``source``, lies inside it or holds it (symbolic links resolved)."""
+    path, source = path.resolve(), source.resolve()
+    return path == source or source in path.parents or path in source.parents
+
+
+def check_new_output(path, *, inputs=(), force: bool = False, folder: bool = False) -> Path:
+    """Check an output path before any work, so that no user file is lost: it is none of ``inputs``
+    (nor inside or around one), an existing one is replaced only with ``force`` (an existing folder:
+    only when empty), and its folder is writable. Returns ``path`` as a Path."""
+    path = Path(path)
+    if not folder:
+        check_output_path(path)
+    elif path.exists() and not path.is_dir():
+        raise OutputPathError(f"output path {str(path)!r} is a file; give a folder name")
+    for source in map(Path, inputs):
+        if source.exists() and _overlaps(path, source):
+            relation = "is" if path.resolve() == source.resolve() else "overlaps (inside or around)"
+            raise OutputPathError(f"output {str(path)!r} {relation} the input {str(source)!r}; writing it could "
+                                  "destroy the input: choose another output path")
+    if path.exists() and not force and (not folder or any(path.iterdir())):
+        raise OutputPathError(f"{str(path)!r} already exists{' and is not empty' if folder else ''}; pass --force "
+                              "to replace it, or choose another output path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if folder and not path.exists() and not parent.is_dir():
+        raise OutputPathError(
+            f"output folder {str(parent)!r} does not exist; create it first or choose another path")
+    check_writable_folder(path if path.is_dir() else parent)
+    return path
+
+
 def _default_file_mode(base: int = 0o666) -> int:
     """The mode a plain ``open`` (``base=0o777``: ``mkdir``) would give (mkstemp gives 0600, mkdtemp 0700)."""
     umask = os.umask(0o022)

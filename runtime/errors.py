@@ -45,6 +45,10 @@ class BundleError(MeltokError, ValueError):
     """An export bundle whose manifest or graphs are missing or corrupt."""
 
 
+class DeviceError(MeltokError, ValueError):
+    """A torch device that does not exist on this machine (``--device cuda`` without CUDA, a typo)."""
+
+
 class BackendError(MeltokError, RuntimeError):
     """A named backend that cannot run here (library or device missing)."""
 
