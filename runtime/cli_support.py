@@ -91,7 +91,11 @@ def setup_logging(verbose: bool) -> None:
 
 
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
-version_option = click.version_option(__version__, message="%(prog)s %(version)s")
+
+
+def version_option(command):
+    """``--version``: ``PROG VERSION`` (a new click option per command: click caches the program name in it)."""
+    return click.version_option(__version__, message="%(prog)s %(version)s")(command)
 
 
 def load_for_encoding(path, sample_rate: int):
