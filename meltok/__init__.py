@@ -5,21 +5,10 @@
 """
 from meltok_runtime import __version__
 from meltok_runtime.errors import MeltokError
+from meltok_runtime.lazy import lazy_attributes
 
 _LAZY = {"MelTok": "codec", "MelTokConfig": "config", "PRESETS": "config"}
 
 __all__ = ["__version__", "MelTok", "MelTokConfig", "MeltokError", "PRESETS"]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -140,12 +140,12 @@ def decode(tokens, model_path, output, device):
 @click.argument("path", type=click.Path())
 @user_errors
 def info(path):
-    """Describe a model file or a token file."""
-    from .checkpoints import read_model_metadata
-
+    """Describe a model file or a token file (token files need no PyTorch)."""
     try:
         token_file = read_tokens(path)
     except MeltokError:
+        from .checkpoints import read_model_metadata
+
         metadata = read_model_metadata(path)
         config = json.loads(metadata["config"])
         click.echo(json.dumps({"kind": "model", "model_id": metadata["model_id"],

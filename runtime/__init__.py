@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, DeviceError, EngineMismatchError,
                      InputSpecError, MeltokError, ModelMismatchError, OutputPathError, TokenFileError,
                      TokenInputError)
+from .lazy import lazy_attributes
 
 try:  # one source of truth for all three packages: the version in setup.cfg, as installed
     __version__ = _metadata.version("meltok")
@@ -20,20 +21,7 @@ _LAZY = {"Codec": "codec", "default_bundle": "codec", "load_manifest": "manifest
          "load_audio": "audio", "write_audio": "audio"}
 
 __all__ = ["__version__", "AudioInputError", "BackendError", "BundleError", "CodeRangeError", "DeviceError",
-           "EngineMismatchError",
-           "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError", "TokenFileError",
-           "TokenInputError", *_LAZY]
+           "EngineMismatchError", "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError",
+           "TokenFileError", "TokenInputError", *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -1,6 +1,7 @@
 """What every command line (``meltok``, ``meltok-rt``, ``meltok-export``) promises before any work:
 ``--version``, one-line usage errors (exit 2), one-line ``--device`` errors (exit 1), and on the
 runtime-only install (torch blocked) one line naming the extra to install instead of a traceback."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from meltok_export.cli import main as export_main
 from meltok_runtime.cli import main as runtime_main
 
 COMMAND_LINES = {"meltok": meltok_main, "meltok-rt": runtime_main, "meltok-export": export_main}
-DATA = meltok_runtime.__file__  # any existing file will do as an input path where the input is not read
+ANY_FILE = meltok_runtime.__file__  # an existing input path, for commands stopped before they read it
 
 
 def run_blocking_torch(module: str, prog: str, *args) -> subprocess.CompletedProcess:
@@ -89,19 +90,26 @@ def test_unavailable_device_is_one_line_naming_the_available_ones(command, devic
     assert [p.name for p in tmp_path.iterdir()] == ["t.mtok"]  # nothing written
 
 
-def test_meltok_without_torch_shows_help_and_names_the_extra():
+def test_meltok_without_torch_shows_help_reads_token_files_and_names_the_extra(tmp_path):
+    from meltok_runtime.tokenfile import write_tokens
+
+    tokens = tmp_path / "t.mtok"
+    write_tokens(tokens, np.zeros((1, 12, 4), dtype=np.int64), sample_rate=44100, num_samples=7000,
+                 model_id="meltok-edge:73d172a93409", codebook_size=8192)
     help_text = run_blocking_torch("meltok.cli", "meltok", "--help")
     assert help_text.returncode == 0 and "Usage: meltok" in help_text.stdout, help_text.stderr
     version = run_blocking_torch("meltok.cli", "meltok", "--version")
     assert version.returncode == 0 and version.stdout.strip() == f"meltok {meltok_runtime.__version__}"
-    encode = run_blocking_torch("meltok.cli", "meltok", "encode", DATA, "-o", "never-written.mtok")
+    info = run_blocking_torch("meltok.cli", "meltok", "info", tokens)
+    assert info.returncode == 0 and json.loads(info.stdout)["kind"] == "tokens", info.stderr
+    encode = run_blocking_torch("meltok.cli", "meltok", "encode", ANY_FILE, "-o", "never-written.mtok")
     assert encode.returncode == 1
     line = one_line(encode.stderr)
     assert "'torch'" in line and "pip install -e '.[train]'" in line
 
 
 def test_meltok_export_without_torch_names_the_export_extra(tmp_path):
-    result = run_blocking_torch("meltok_export.cli", "meltok-export", DATA, "-o", tmp_path / "bundle")
+    result = run_blocking_torch("meltok_export.cli", "meltok-export", ANY_FILE, "-o", tmp_path / "bundle")
     assert result.returncode == 1
     line = one_line(result.stderr)
     assert "'torch'" in line and "pip install -e '.[export]'" in line
