@@ -102,10 +102,11 @@ def test_meltok_without_torch_shows_help_reads_token_files_and_names_the_extra(t
     assert version.returncode == 0 and version.stdout.strip() == f"meltok {meltok_runtime.__version__}"
     info = run_blocking_torch("meltok.cli", "meltok", "info", tokens)
     assert info.returncode == 0 and json.loads(info.stdout)["kind"] == "tokens", info.stderr
-    encode = run_blocking_torch("meltok.cli", "meltok", "encode", ANY_FILE, "-o", "never-written.mtok")
+    encode = run_blocking_torch("meltok.cli", "meltok", "encode", ANY_FILE, "-o", tmp_path / "x.mtok")
     assert encode.returncode == 1
     line = one_line(encode.stderr)
     assert "'torch'" in line and "pip install -e '.[train]'" in line
+    assert not (tmp_path / "x.mtok").exists()
 
 
 def test_meltok_export_without_torch_names_the_export_extra(tmp_path):
