@@ -60,7 +60,7 @@ def user_errors(command):
 
 class CommandGroup(click.Group):
     """A click group whose usage errors (a missing or unknown option, a folder where a file is
-    expected) print one line, ``Error: ... (see 'PROG CMD --help')``, with click's exit code 2."""
+    expected) print one line, ``Error: ...; see 'PROG CMD --help'``, with click's exit code 2."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
