@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from meltok_runtime.cli_support import user_errors
+from meltok_runtime.cli_support import CommandGroup, user_errors
 
 from .config import CPU_DEFAULTS, TrainConfig, apply_overrides, parse_override
 
@@ -101,7 +101,7 @@ def _run(stage: str, config_path, data, out, preset, steps, batch_size, max_minu
         sys.exit(128 + summary["signal"])
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def train():
     """Train MelTok: stage 1 (tokenizer) then stage 2 (token vocoder)."""
 
