@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from meltok_runtime.cli_support import (CommandGroup, load_for_encoding, setup_logging, user_errors,
+from meltok_runtime.atomic import check_new_folder, check_new_output
+from meltok_runtime.cli_support import (CommandGroup, force_option, load_for_encoding, setup_logging, user_errors,
                                         verbose_option, version_option, write_decoded)
-from meltok_runtime.atomic import check_new_output
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
 
@@ -22,7 +22,6 @@ model_option = click.option(
     "-m", "--model", "model_path", type=click.Path(), default=None,
     help="Model file (.safetensors from `meltok convert`, `meltok init` or training) or export bundle folder "
          "(from meltok-export, run with ONNX Runtime); default: the shipped model.")
-force_option = click.option("--force", is_flag=True, help="Replace the output if it exists (never an input).")
 
 
 def _load_model(model_path, device):
@@ -35,11 +34,6 @@ def _load_model(model_path, device):
     from .default_model import default_model_path
 
     return MelTok.load(model_path or default_model_path(), device=device)
-
-
-def _warn_suffix(path, suffix: str, what: str) -> None:
-    if Path(path).suffix.lower() != suffix:
-        log.warning("%s: %s are usually named *%s", path, what, suffix)
 
 
 @click.group(cls=CommandGroup)
@@ -67,8 +61,7 @@ def convert(stage1, stage2, output, force, trust_pickle):
     The official MelCap checkpoints are published at https://huggingface.co/jingyi49/MelCap."""
     from .codec import MelTok
 
-    check_new_output(output, inputs=(stage1, stage2), force=force)
-    _warn_suffix(output, ".safetensors", "model files")
+    check_new_output(output, inputs=(stage1, stage2), force=force, suffixes=(".safetensors",), what="model file")
     model = MelTok.from_official(stage1, stage2, allow_pickle=trust_pickle)
     model_id = model.save(output)
     click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
@@ -87,8 +80,7 @@ def init(preset, output, seed, force):
 
     from .codec import MelTok
 
-    check_new_output(output, force=force)
-    _warn_suffix(output, ".safetensors", "model files")
+    check_new_output(output, force=force, suffixes=(".safetensors",), what="model file")
     torch.manual_seed(seed)
     model = MelTok.from_config(preset)
     model_id = model.save(output)
@@ -177,7 +169,7 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
     from .train.corpus import build_corpus
 
     # an existing corpus folder is resumed (build_corpus refuses any other non-empty folder)
-    check_new_output(output, inputs=sources, force=True, folder=True)
+    check_new_folder(output, inputs=sources, force=True)
 
     with click.progressbar(length=1, label="files", file=sys.stderr) as bar:
         def progress(done, total):
@@ -202,14 +194,14 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
 @click.option("--seconds", default=8.0, show_default=True, help="Longest clip.")
 @click.option("--source", "sources", multiple=True, help="Use only this source; repeatable (default: all).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Write into an existing, non-empty folder (replacing clips of the same "
-                                            "names).")
+@click.option("-y", "--force", is_flag=True,
+              help="Write into an existing, non-empty folder (clips of the same names are replaced).")
 @user_errors
 def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed, force):
     """Cut evaluation clips from a corpus split (default: the held-out test split)."""
     from .train.heldout import export_clips
 
-    check_new_output(output, inputs=(corpus,), force=force, folder=True)
+    check_new_folder(output, inputs=(corpus,), force=force)
 
     mapping = dict(item.split("=", 1) for item in categories if "=" in item)
     clips = export_clips(corpus, output, split=split, categories=mapping, per_source=per_source,

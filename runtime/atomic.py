@@ -2,11 +2,14 @@
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import OutputPathError
+
+log = logging.getLogger("meltok_runtime")
 
 
 def check_output_path(path) -> Path:
@@ -28,35 +31,50 @@ def check_writable_folder(folder) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise OutputPathError(f"cannot write to folder {str(folder)!r} ({error.strerror}); choose a writable "
-                              "output path") from None
+        raise OutputPathError(f"cannot write into the folder {str(folder)!r} ({error.strerror}); choose a writable "
+                              "folder") from None
 
 
-def _overlaps(path: Path, source: Path) -> bool:
-    """True when ``path`` is ``source``, lies inside it or holds it (symbolic links resolved)."""
-    path, source = path.resolve(), source.resolve()
-    return path == source or source in path.parents or path in source.parents
+def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what: str = "output") -> Path:
+    """Check an output file before any work: refuse ``path`` when it is one of ``inputs`` or exists
+    and ``force`` is false; warn on stderr when its suffix is not one of ``suffixes``; check that its
+    folder can be written."""
+    path = check_output_path(path)
+    if path.exists():
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(path, source):
+                raise OutputPathError(f"the {what} {str(path)!r} is the input file; writing it would destroy the "
+                                      "input: choose another output name")
+        if not force:
+            raise OutputPathError(f"the {what} {str(path)!r} exists; pass --force (-y) to replace it, or choose "
+                                  "another name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        log.warning("%s is written as a %s but its suffix %r suggests otherwise (expected %s)", path, what,
+                    path.suffix, " or ".join(suffixes))
+    check_writable_folder(path.parent if str(path.parent) else Path("."))
+    return path
 
 
-def check_new_output(path, *, inputs=(), force: bool = False, folder: bool = False) -> Path:
-    """Check an output path before any work, so that no user file is lost: it is none of ``inputs``
-    (nor inside or around one), an existing one is replaced only with ``force`` (an existing folder:
-    only when empty), and its folder is writable. Returns ``path`` as a Path."""
+def check_new_folder(path, *, inputs=(), force: bool = False) -> Path:
+    """Check an output folder before any work: it is none of the ``inputs`` (files or folders) and
+    lies neither inside nor around one; an existing, non-empty one is written into only with
+    ``force``; it (or the folder that will hold it) can be written."""
     path = Path(path)
-    if not folder:
-        check_output_path(path)
-    elif path.exists() and not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise OutputPathError(f"output path {str(path)!r} is a file; give a folder name")
     for source in map(Path, inputs):
-        if source.exists() and _overlaps(path, source):
-            relation = "is" if path.resolve() == source.resolve() else "overlaps (inside or around)"
-            raise OutputPathError(f"output {str(path)!r} {relation} the input {str(source)!r}; writing it could "
-                                  "destroy the input: choose another output path")
-    if path.exists() and not force and (not folder or any(path.iterdir())):
-        raise OutputPathError(f"{str(path)!r} already exists{' and is not empty' if folder else ''}; pass --force "
-                              "to replace it, or choose another output path")
+        if not source.exists():
+            continue
+        inner, outer = path.resolve(), source.resolve()
+        if inner == outer or outer in inner.parents or inner in outer.parents:
+            relation = "is" if inner == outer else "lies inside or around"
+            raise OutputPathError(f"the output folder {str(path)!r} {relation} the input {str(source)!r}; writing "
+                                  "there could destroy the input: choose another folder")
+    if path.is_dir() and not force and any(path.iterdir()):
+        raise OutputPathError(f"the output folder {str(path)!r} exists and is not empty; pass --force (-y) to "
+                              "write into it, or choose another folder")
     parent = path.parent if str(path.parent) else Path(".")
-    if folder and not path.exists() and not parent.is_dir():
+    if not path.exists() and not parent.is_dir():
         raise OutputPathError(
             f"output folder {str(parent)!r} does not exist; create it first or choose another path")
     check_writable_folder(path if path.is_dir() else parent)

@@ -91,6 +91,8 @@ def setup_logging(verbose: bool) -> None:
 
 
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
+force_option = click.option("-y", "--force", is_flag=True,
+                            help="Replace an existing output file (never an input file).")
 
 
 def version_option(command):

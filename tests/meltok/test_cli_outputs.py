@@ -44,7 +44,7 @@ def test_init_refuses_an_existing_file_unless_forced(tmp_path):
     precious = tmp_path / "model.safetensors"
     precious.write_bytes(b"the user's own file")
     line = one_error_line(run("init", "--preset", "tiny", "-o", precious))
-    assert "already exists" in line and "--force" in line
+    assert "exists" in line and "--force" in line
     assert precious.read_bytes() == b"the user's own file"
     result = run("init", "--preset", "tiny", "-o", precious, "--force")
     assert result.exit_code == 0, result.output
@@ -54,16 +54,16 @@ def test_init_refuses_an_existing_file_unless_forced(tmp_path):
 def test_init_warns_on_a_suffix_that_is_not_safetensors(tmp_path, caplog):
     result = run("init", "--preset", "tiny", "-o", tmp_path / "model.wav")
     assert result.exit_code == 0, result.output
-    assert "model.wav: model files are usually named *.safetensors" in caplog.text
+    assert "model.wav is written as a model file but its suffix '.wav' suggests otherwise" in caplog.text
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc as an unwritable folder")
 def test_unwritable_destination_is_refused_before_the_work(tmp_path, official_tiny_dir):
     line = one_error_line(run("init", "--preset", "paper", "-o", "/proc/model.safetensors"))
-    assert "cannot write to folder '/proc'" in line
+    assert "cannot write into the folder '/proc'" in line
     line = one_error_line(run("convert", official_tiny_dir / "stage1.pt", official_tiny_dir / "stage2.ckpt",
                               "-o", "/proc/official.safetensors"))
-    assert "cannot write to folder" in line
+    assert "cannot write into the folder" in line
 
 
 def test_convert_never_writes_over_its_inputs_or_an_existing_file(tmp_path, official_tiny_dir):
@@ -73,11 +73,11 @@ def test_convert_never_writes_over_its_inputs_or_an_existing_file(tmp_path, offi
     before = stage2.read_bytes()
     for target in (stage1, stage2):
         line = one_error_line(run("convert", stage1, stage2, "-o", target, "--force"))
-        assert "is the input" in line
+        assert "is the input file" in line
     assert stage2.read_bytes() == before
     existing = tmp_path / "official.safetensors"
     existing.write_text("keep me")
-    assert "already exists" in one_error_line(run("convert", stage1, stage2, "-o", existing))
+    assert "exists; pass --force" in one_error_line(run("convert", stage1, stage2, "-o", existing))
     assert existing.read_text() == "keep me"
     result = run("convert", stage1, stage2, "-o", existing, "--force")
     assert result.exit_code == 0, result.output
@@ -89,7 +89,7 @@ def test_data_build_refuses_an_output_inside_a_source(tmp_path, real_clip_paths)
     source.mkdir()
     (source / "song.flac").write_bytes(real_clip_paths["effects"].read_bytes())
     line = one_error_line(run("data", "build", source, "-o", source / "corpus"))
-    assert "overlaps" in line and not (source / "corpus").exists()
+    assert "lies inside or around the input" in line and not (source / "corpus").exists()
     assert "is the input" in one_error_line(run("data", "build", source, "-o", source))
     assert sorted(p.name for p in source.iterdir()) == ["song.flac"]
 
@@ -99,7 +99,7 @@ def test_data_clips_refuses_the_corpus_and_a_non_empty_folder(tmp_path):
     corpus.mkdir()
     (corpus / "manifest.json").write_text(json.dumps({"files": []}))
     assert "is the input" in one_error_line(run("data", "clips", corpus, "-o", corpus))
-    assert "overlaps" in one_error_line(run("data", "clips", corpus, "-o", corpus / "eval"))
+    assert "lies inside or around" in one_error_line(run("data", "clips", corpus, "-o", corpus / "eval"))
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "notes.txt").write_text("mine")
