@@ -114,7 +114,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{source} does not hold a JSON object; re-export the bundle")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise BundleError(f"{source} has bundle format version {version!r}; expected a whole number from 1 to "
+                              f"{BUNDLE_FORMAT_VERSION}: the manifest is corrupt, re-export the bundle")
+        if version > BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{source} has bundle format version {version!r}; this runtime reads up to "
                               f"{BUNDLE_FORMAT_VERSION}: upgrade meltok or re-export the bundle")
         try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from meltok import MelTok
-from meltok.checkpoints import read_model_metadata
+from meltok.modelfile import read_model_metadata
 from meltok.config import PRESETS, MelTokConfig
 from meltok_runtime.errors import ModelFileError
 
@@ -75,14 +75,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     model.save(path)
     before = path.read_bytes()
-    import meltok.checkpoints as checkpoints
+    import meltok.modelfile as modelfile
 
     def broken_save(state, filename, metadata):
         with open(filename, "wb") as handle:
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "save_file", broken_save)
+    monkeypatch.setattr(modelfile, "save_file", broken_save)
     with pytest.raises(OSError):
         model.save(path)
     assert path.read_bytes() == before

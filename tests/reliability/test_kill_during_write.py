@@ -181,7 +181,7 @@ def test_model_file_killed_midway(tmp_path):
     import torch
 
     from meltok import MelTok
-    from meltok.checkpoints import read_model_metadata
+    from meltok.modelfile import read_model_metadata
 
     def save(path, seed):  # the child's exact model
         torch.manual_seed(seed)
@@ -207,7 +207,7 @@ def test_audio_file_killed_midway(tmp_path):
 CHECKPOINT_SCRIPT = """
 import sys, torch
 from pathlib import Path
-from meltok.train.checkpoint import save_checkpoint
+from meltok.train.run_checkpoint import save_checkpoint
 run, step = Path(sys.argv[1]).parent.parent, int(sys.argv[2])
 generator = torch.Generator().manual_seed(step)
 state = {"model": {f"w{i}": torch.randn(256, 512, generator=generator) for i in range(16)},
@@ -227,7 +227,7 @@ def _checkpoint_state(step: int) -> dict:
 def test_training_checkpoint_killed_midway(tmp_path):
     import torch
 
-    from meltok.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+    from meltok.train.run_checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
     def same(state, expected):
         assert state["data"] == expected["data"]
