@@ -1,7 +1,8 @@
-"""Typed errors of the torch package (model config, training, corpus, metrics).
+"""Typed errors of the torch package (model config, training, corpus).
 
-The errors shared with the runtime (audio, tokens, model files, bundles) live in
-``meltok_runtime.errors``; every class here is a ``MeltokError`` too, so the CLIs print one line.
+The errors shared with the runtime (audio, tokens, model files, bundles) and those of torch-free
+modules (``metrics``, loadable on its own) live in ``meltok_runtime.errors``; every class here is
+a ``MeltokError`` too, so the CLIs print one line.
 """
 from meltok_runtime.errors import MeltokError
 
@@ -20,7 +21,3 @@ class TrainingError(MeltokError, RuntimeError):
 
 class CorpusError(MeltokError, ValueError):
     """A corpus that cannot be built or read (bad arguments, foreign folder, bad manifest)."""
-
-
-class MetricUnavailable(MeltokError, RuntimeError):
-    """An optional metric whose package (or model file) is missing here; the message says why."""

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from meltok_runtime.errors import ModelFileError
+from meltok_runtime.errors import BundleError, ModelFileError
 from meltok_runtime.manifest import MANIFEST_NAME
 
 from meltok_runtime.codec import Codec
@@ -65,9 +65,9 @@ def _load_run(cls, folder: Path):
         raise ModelFileError(f"{str(folder)!r} is an export bundle; a torch model needs a model file, a run folder "
                              "or a preset (meltok-rt runs bundles)")
     if not path.is_file():
-        raise ModelFileError(f"{str(folder)!r} is neither a training run folder (no checkpoints, no "
-                             "model.safetensors) nor an export bundle (no manifest.json); expected a model file, "
-                             "a run folder or a bundle folder")
+        raise BundleError(f"{str(folder)!r} is neither an export bundle (it has no manifest.json) nor a training "
+                          "run folder (no checkpoints, no model.safetensors); expected a bundle folder, a run folder "
+                          "or a model file")
     return load_model_file(cls, path)
 
 

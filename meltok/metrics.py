@@ -34,9 +34,7 @@ import math
 
 import numpy as np
 
-from meltok_runtime.errors import AudioInputError
-
-from .errors import MetricUnavailable
+from meltok_runtime.errors import AudioInputError, MetricUnavailable
 
 SAMPLE_RATE = 44100
 

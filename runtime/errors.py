@@ -71,3 +71,7 @@ class EngineMismatchError(ModelMismatchError, BackendError):
 
 class MissingDependencyError(BackendError, ImportError):
     """An optional package needed for this feature is not installed; the message names the install command."""
+
+
+class MetricUnavailable(MeltokError, RuntimeError):
+    """An optional metric whose package (or model file) is missing here; the message says why."""

@@ -21,21 +21,14 @@ def front_end(request, tiny_model, codec):
     return tiny_model if request.param == "MelTok" else codec
 
 
-def encode_with_windows(front_end, bundle, audio, window_seconds, context_seconds):
-    """Encode with these window settings: per call for MelTok, at open for Codec."""
+def with_windows(front_end, bundle, method: str, data, window_seconds, context_seconds):
+    """``front_end.encode(data)`` or ``.decode(data)`` with these window settings: per call for MelTok,
+    at open for Codec."""
     if isinstance(front_end, Codec):
         with Codec.open(bundle, backend="ort-cpu", window_seconds=window_seconds,
                         context_seconds=context_seconds) as opened:
-            return opened.encode(audio)
-    return front_end.encode(audio, window_seconds=window_seconds, context_seconds=context_seconds)
-
-
-def decode_with_windows(front_end, bundle, tokens, window_seconds, context_seconds):
-    if isinstance(front_end, Codec):
-        with Codec.open(bundle, backend="ort-cpu", window_seconds=window_seconds,
-                        context_seconds=context_seconds) as opened:
-            return opened.decode(tokens)
-    return front_end.decode(tokens, window_seconds=window_seconds, context_seconds=context_seconds)
+            return getattr(opened, method)(data)
+    return getattr(front_end, method)(data, window_seconds=window_seconds, context_seconds=context_seconds)
 
 
 def test_both_front_ends_are_codecs(tiny_model, codec):
@@ -71,15 +64,15 @@ def test_same_bad_input_same_error(front_end, case, error, match):
 def test_window_not_longer_than_twice_its_context_is_refused_whatever_the_length(front_end, tiny_bundle,
                                                                                 real_clips, seconds):
     with pytest.raises(SettingsError, match="must exceed twice the context"):
-        encode_with_windows(front_end, tiny_bundle, real_clips["speech"][:int(seconds * 44100)], 1.0, 1.0)
+        with_windows(front_end, tiny_bundle, "encode", real_clips["speech"][:int(seconds * 44100)], 1.0, 1.0)
 
 
 def test_window_too_short_for_decoding_is_refused_up_front(front_end, tiny_bundle):
     tokens = np.random.default_rng(2).integers(0, 1024, (1, 12, 10))
     with pytest.raises(SettingsError, match="at least 3 columns"):
-        decode_with_windows(front_end, tiny_bundle, tokens, 0.1, 0.0)
+        with_windows(front_end, tiny_bundle, "decode", tokens, 0.1, 0.0)
     # three columns (0.14 s) is the shortest window that works
-    assert decode_with_windows(front_end, tiny_bundle, tokens, 0.14, 0.0).shape == (1, decoded_length(10, 256, 8))
+    assert with_windows(front_end, tiny_bundle, "decode", tokens, 0.14, 0.0).shape == (1, decoded_length(10, 256, 8))
 
 
 @pytest.fixture(scope="module")
