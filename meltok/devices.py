@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from meltok_runtime.errors import DeviceError
+from .errors import DeviceError
 
 
 def available_devices() -> list[str]:

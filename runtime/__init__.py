@@ -6,8 +6,8 @@ Heavy modules (the codec, its backends, soundfile/soxr) are imported on first us
 """
 from importlib import metadata as _metadata
 
-from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, DeviceError, EngineMismatchError,
-                     InputSpecError, MeltokError, ModelMismatchError, OutputPathError, TokenFileError,
+from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, EngineMismatchError,
+                     InputSpecError, MeltokError, ModelMismatchError, OutputPathError, SettingsError, TokenFileError,
                      TokenInputError)
 from .lazy import lazy_attributes
 
@@ -18,10 +18,11 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
 
 _LAZY = {"Codec": "codec", "default_bundle": "codec", "load_manifest": "manifest", "Manifest": "manifest",
          "read_tokens": "tokenfile", "write_tokens": "tokenfile", "TokenFile": "tokenfile",
-         "load_audio": "audio", "write_audio": "audio"}
+         "load_audio": "audio", "write_audio": "audio", "AudioCodec": "pipeline", "encode_file": "codec_files",
+         "decode_file": "codec_files"}
 
-__all__ = ["__version__", "AudioInputError", "BackendError", "BundleError", "CodeRangeError", "DeviceError",
-           "EngineMismatchError", "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError",
-           "TokenFileError", "TokenInputError", *_LAZY]
+__all__ = ["__version__", "AudioInputError", "BackendError", "BundleError", "CodeRangeError", "EngineMismatchError",
+           "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError", "SettingsError", "TokenFileError",
+           "TokenInputError", *_LAZY]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

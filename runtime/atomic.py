@@ -1,10 +1,16 @@
-"""Atomic output files: write to a temporary sibling, then rename."""
+"""Output files: never over an input, never a surprise replacement, and written atomically
+(a temporary sibling, then a rename).
+
+Temporaries are created with the modes a plain ``open`` (0666) or ``mkdir`` (0777) gives, less the
+umask, which the kernel applies; the process-wide umask is never read or changed (that would race
+with other threads creating files).
+"""
 import contextlib
 import ctypes
 import errno
 import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import OutputPathError
@@ -24,21 +30,10 @@ def check_output_path(path) -> Path:
     return path
 
 
-def check_writable_folder(folder) -> None:
-    """Raise OutputPathError unless a file can be created in ``folder`` (tried, so that read-only
-    mounts and permissions are both caught before any work)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise OutputPathError(f"cannot write into the folder {str(folder)!r} ({error.strerror}); choose a writable "
-                              "folder") from None
-
-
 def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what: str = "output") -> Path:
-    """Check an output file before any work: refuse ``path`` when it is one of ``inputs`` or exists
-    and ``force`` is false; warn on stderr when its suffix is not one of ``suffixes``; check that its
-    folder can be written."""
+    """Check an output before any work: refuse ``path`` when it is one of ``inputs`` (the same file,
+    by ``os.path.samefile``) or exists and ``force`` is false; warn on stderr when its suffix is not
+    one of ``suffixes`` (what is written there); check that its folder can be written."""
     path = check_output_path(path)
     if path.exists():
         for source in inputs:
@@ -81,11 +76,30 @@ def check_new_folder(path, *, inputs=(), force: bool = False) -> Path:
     return path
 
 
-def _default_file_mode(base: int = 0o666) -> int:
-    """The mode a plain ``open`` (``base=0o777``: ``mkdir``) would give (mkstemp gives 0600, mkdtemp 0700)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return base & ~umask
+def check_writable_folder(folder: Path) -> None:
+    """Raise OutputPathError unless a file can be created in ``folder`` (tried, so that read-only
+    mounts and permissions are both caught before any work)."""
+    try:
+        probe = _create_temporary(folder, ".meltok-write-check.", ".probe")
+    except OSError as error:
+        raise OutputPathError(f"cannot write into the folder {str(folder)!r} ({error.strerror}); choose a writable "
+                              "folder") from None
+    probe.unlink()
+
+
+def _create_temporary(parent: Path, prefix: str, suffix: str, *, directory: bool = False) -> Path:
+    """A new, uniquely named empty file (mode 0666 less the umask) or folder (0777 less the umask)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent))
 
 
 def _exchange(new: Path, old: Path) -> bool:
@@ -112,11 +126,9 @@ def atomic_output(path, suffix: str = ""):
     removes the temporary file.
     """
     path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or ".")
-    os.close(fd)
+    tmp = _create_temporary(path.parent if str(path.parent) else Path("."), f".{path.name}.", f".tmp{suffix}")
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _default_file_mode())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -140,14 +152,13 @@ def atomic_directory(path):
             f"output folder {str(parent)!r} does not exist; create it first or choose another path")
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"output path {str(path)!r} is a file; give a folder name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    tmp = _create_temporary(parent, f".{path.name}.", ".tmp", directory=True)
     try:
         yield tmp
-        os.chmod(tmp, _default_file_mode(0o777))
         if path.exists() and _exchange(tmp, path):
             shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
         elif path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            old = _create_temporary(parent, f".{path.name}.", ".old", directory=True)
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -111,16 +111,16 @@ def test_data_clips_refuses_the_corpus_and_a_non_empty_folder(tmp_path):
 
 
 def test_encode_accepts_an_export_bundle_as_model(tmp_path, real_clip_paths):
-    from meltok_runtime import Codec
-    from meltok_runtime.cli_support import load_for_encoding
+    from meltok_runtime.cli import main as runtime_main
 
     result = run("encode", real_clip_paths["speech"], "-m", SHIPPED_BUNDLE, "-o", tmp_path / "s.mtok")
     assert result.exit_code == 0, result.output
-    token_file = read_tokens(tmp_path / "s.mtok")
-    with Codec.open(SHIPPED_BUNDLE, backend="ort-cpu") as codec:
-        assert token_file.model_id == codec.model_id
-        np.testing.assert_array_equal(token_file.tokens,
-                                      codec.encode(load_for_encoding(real_clip_paths["speech"], 44100), 44100))
+    result = CliRunner().invoke(runtime_main, ["encode", str(real_clip_paths["speech"]), "-b", str(SHIPPED_BUNDLE),
+                                               "-o", str(tmp_path / "rt.mtok"), "--backend", "ort-cpu"])
+    assert result.exit_code == 0, result.output
+    token_file, expected = read_tokens(tmp_path / "s.mtok"), read_tokens(tmp_path / "rt.mtok")
+    assert token_file.model_id == expected.model_id
+    np.testing.assert_array_equal(token_file.tokens, expected.tokens)
     result = run("decode", tmp_path / "s.mtok", "-m", SHIPPED_BUNDLE, "-o", tmp_path / "s.wav")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.wav").stat().st_size > 100_000
