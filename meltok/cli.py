@@ -1,7 +1,6 @@
 """``meltok`` command line: a thin layer over the library (PyTorch path)."""
 import json
 import logging
-import sys
 
 import click
 
@@ -165,11 +164,7 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
     # an existing corpus folder is resumed (build_corpus refuses any other non-empty folder)
     check_new_folder(output, inputs=sources, force=True)
 
-    with click.progressbar(length=1, label="files", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.length = total
-            bar.update(done - bar.pos)
-
+    with progress_bar("files") as progress:
         manifest = build_corpus(sources, output, seed=seed, valid_fraction=valid_fraction,
                                 test_fraction=test_fraction, holdout=list(holdout), shard_mb=shard_mb,
                                 exclude_band_limited=not keep_band_limited,

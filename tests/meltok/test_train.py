@@ -17,7 +17,8 @@ from meltok.cli import main as meltok_cli
 from meltok.train.codebook import CodebookMonitor, histogram_stats, reset_adam_rows, revive_dead_codes
 from meltok.errors import TrainConfigError
 from meltok.train.config import TrainConfig
-from meltok.train.corpus import MANIFEST_FORMAT, MANIFEST_VERSION, CorpusReader
+from meltok.train.corpus import CorpusReader
+from meltok.train.corpus.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from meltok.train.data import CropBatches, fixed_crops
 from meltok.train.discriminators import Discriminators
 from meltok.train.losses import VGG19Features, build_perceptual
