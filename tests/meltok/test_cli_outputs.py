@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from meltok import MelTok
 from meltok.cli import main
+from meltok.train.corpus.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from meltok_runtime.tokenfile import read_tokens
 
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "runtime" / "models" / "default"
@@ -97,7 +98,8 @@ def test_data_build_refuses_an_output_inside_a_source(tmp_path, real_clip_paths)
 def test_data_clips_refuses_the_corpus_and_a_non_empty_folder(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "manifest.json").write_text(json.dumps({"files": []}))
+    (corpus / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                                                      "files": []}))
     assert "is the input" in one_error_line(run("data", "clips", corpus, "-o", corpus))
     assert "lies inside or around" in one_error_line(run("data", "clips", corpus, "-o", corpus / "eval"))
     clips = tmp_path / "clips"
