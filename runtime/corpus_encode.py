@@ -12,6 +12,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def dataset_identity(bundle) -> dict:
     from .codec import default_bundle
     from .dataset import token_dtype
 
-    bundle = default_bundle() if bundle is None else bundle
+    bundle = default_bundle() if bundle is None else Path(bundle)
     manifest = load_manifest(bundle)
     layout = {"column": "tokens", "rows": manifest.token_rows, "codebook_size": manifest.codebook_size,
               "dtype": token_dtype(manifest.codebook_size).name, "order": "[rows, columns], row 0 = lowest mel bins",

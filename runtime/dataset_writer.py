@@ -45,6 +45,7 @@ class DatasetWriter:
 
     @classmethod
     def open(cls, folder, identity: dict, metadata_columns=(), shard_rows: int = 1000) -> "DatasetWriter":
+        pyarrow_modules()  # fail before any work when pyarrow is missing
         folder = Path(folder)
         info = read_info(folder) if folder.is_dir() else None
         if info is None and folder.is_dir() and any(folder.iterdir()):
