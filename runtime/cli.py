@@ -148,14 +148,21 @@ def info(bundle, backend, threads):
 @click.option("--shard-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Items per Parquet shard.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray Data: a local instance, or the cluster at ADDRESS (e.g. auto, ray://head:10001).")
+@click.option("--actors-per-gpu", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray with --backend ort-cuda or trt: encoder actors sharing one GPU.")
 @user_errors
-def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address):
+def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
     """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
     from .corpus_job import progress_bar, tokenize as run
 
-    with progress_bar("tokenizing") as progress:
-        summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
-                      shard_rows=shard_rows, ray_address=ray_address, progress=progress)
+    try:
+        with progress_bar("tokenizing") as progress:
+            summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
+                          shard_rows=shard_rows, ray_address=ray_address, actors_per_gpu=actors_per_gpu,
+                          progress=progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
+        sys.exit(130)
     counts = summary["counts"]
     click.echo(f"wrote {output}: {counts['items']} items ({summary['hours']:.3f} h) in {counts['shards']} shards, "
                f"{counts['failed']} failed (listed in {output}/dataset.json)")

@@ -54,19 +54,24 @@ def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", thre
                 target = output / output_name(item.id, suffix)
                 if target.exists() and not force:
                     summary["skipped"] += 1
-                    stats.record(Item(item.id, ""), 0.0)
-                    continue
-                if item.model_id not in (None, codec.model_id):
-                    raise ModelMismatchError(f"tokens of model {item.model_id}, not {codec.model_id}")
-                audio = codec.decode(item.tokens, num_samples=item.num_samples)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_audio(target, audio[0], codec.sample_rate)
+                    stats.record(Item(item.id, ""))
+                else:
+                    seconds = _decode_one(codec, item, target, write_audio)
+                    summary["written"] += 1
+                    stats.record(Item(item.id, ""), seconds)
             except MeltokError as error:
                 summary["failures"].append({"id": item.id, "reason": str(error)})
                 stats.record(Item(item.id, ""), failed=True)
-            else:
-                summary["written"] += 1
-                stats.record(Item(item.id, ""), audio.shape[-1] / codec.sample_rate)
             if progress is not None:
                 progress(stats)
     return summary
+
+
+def _decode_one(codec, item, target: Path, write_audio) -> float:
+    """Decode one row to ``target`` (atomically); returns its duration in seconds."""
+    if item.model_id not in (None, codec.model_id):
+        raise ModelMismatchError(f"tokens of model {item.model_id}, not {codec.model_id}")
+    audio = codec.decode(item.tokens, num_samples=item.num_samples)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_audio(target, audio[0], codec.sample_rate)
+    return audio.shape[-1] / codec.sample_rate

@@ -84,9 +84,16 @@ def make_row(item, tokens: np.ndarray, *, num_samples: int, source_rate: int, ch
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+    """Peak resident memory of this process's own address space so far, in MB.
+
+    Linux: ``VmHWM`` (``ru_maxrss`` would include the parent's memory at fork, kept across exec).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
 
 
 @dataclass

@@ -18,10 +18,11 @@ from .dataset_writer import DatasetWriter
 
 
 def tokenize(sources, output, *, bundle=None, backend: str = "auto", workers: int = 1, threads: int | None = None,
-             shard_rows: int = 1000, batch: int = 8, ray_address: str | None = None, progress=None) -> dict:
+             shard_rows: int = 1000, batch: int = 8, ray_address: str | None = None, actors_per_gpu: int = 2,
+             progress=None) -> dict:
     """Tokenize every item of ``sources`` into the dataset folder ``output``; returns its summary
     (``dataset.json``). ``ray_address``: None runs locally, ``"local"`` on a local Ray instance,
-    anything else joins that Ray cluster."""
+    anything else joins that Ray cluster (``actors_per_gpu`` applies there)."""
     if workers < 1 or shard_rows < 1 or batch < 1:
         raise ValueError(f"need workers, shard_rows and batch >= 1, got {workers}, {shard_rows}, {batch}")
     items, metadata_columns = collect_items(sources, reserved_columns=(*COLUMNS, "backend"))
@@ -34,7 +35,7 @@ def tokenize(sources, output, *, bundle=None, backend: str = "auto", workers: in
         return tokenize_local(items, writer, **options)
     from .corpus_ray import tokenize_ray
 
-    return tokenize_ray(items, writer, address=ray_address, **options)
+    return tokenize_ray(items, writer, address=ray_address, actors_per_gpu=actors_per_gpu, **options)
 
 
 @contextlib.contextmanager

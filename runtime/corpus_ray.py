@@ -2,8 +2,10 @@
 
 Pipeline: ``from_items`` (ids and paths of the items not yet done) -> ``map`` (read, decode,
 resample, check: one stage, ``read_cpus`` CPUs per task) -> ``map_batches`` on an actor pool of
-``workers`` actors, each holding one ``Codec`` (``num_cpus=1`` each; for ``ort-cuda``/``trt``
-also ``1 / actors_per_gpu`` GPU) -> rows streamed back to this process, which writes the shards
+``workers`` actors, each holding one ``Codec`` with ``threads`` ONNX Runtime threads (default: this
+machine's cores / workers) and reserving ``threads - read_cpus`` CPUs (at least 0.5), so that an
+actor and a read task fit in its threads (on 2 CPUs: one actor of 1.5 and reads of 0.5); for
+``ort-cuda``/``trt`` each actor also reserves ``1 / actors_per_gpu`` GPU -> rows streamed back to this process, which writes the shards
 with ``DatasetWriter`` exactly as the local job does, so resume semantics are the same.
 ``address`` ``"local"`` starts a local Ray instance (and shuts it down at the end); another
 address joins that cluster (``ray.init(address=...)``, e.g. ``"auto"`` or ``"ray://head:10001"``).
@@ -15,6 +17,7 @@ import logging
 import numpy as np
 
 from .corpus_encode import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
+from .corpus_local import worker_threads
 from .corpus_sources import Item
 from .optional import import_optional
 
@@ -76,6 +79,7 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
 
     bundle = default_bundle() if bundle is None else bundle
     manifest = load_manifest(bundle)
+    threads = worker_threads(workers, threads)
     pending = {item.id: item for item in items if item.id not in writer.done}
     stats = JobProgress(len(pending), sum(item.size for item in pending.values()))
     started_here = not ray.is_initialized()
@@ -94,8 +98,8 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
                                    "min_samples": manifest.hop_length * manifest.compression}, num_cpus=read_cpus)
         dataset = dataset.map_batches(
             EncodeStage, fn_constructor_kwargs={"bundle": str(bundle), "backend": backend, "threads": threads},
-            compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch, batch_format="numpy", num_cpus=1,
-            num_gpus=1 / actors_per_gpu if backend in GPU_BACKENDS else 0)
+            compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch, batch_format="numpy",
+            num_cpus=max(0.5, threads - read_cpus), num_gpus=1 / actors_per_gpu if backend in GPU_BACKENDS else 0)
         dtype = writer.dtype
         for row in dataset.iter_rows():
             item = pending[row["id"]]

@@ -9,6 +9,7 @@ items done again; a torn last journal line is cut off. Journaled shards are neve
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ log = logging.getLogger("meltok_runtime")
 
 ROW_GROUP_ROWS = 64  # rows read at once by ``Dataset.get`` and by streaming readers
 _SHARD_NAME = re.compile(r"part-(\d{5,})\.parquet")
+LOCK_NAME = ".lock"
 IDENTITY_KEYS = ("model_id", "bundle_sha256", "sample_rate", "token_layout")
 
 
@@ -48,7 +50,7 @@ class DatasetWriter:
         pyarrow_modules()  # fail before any work when pyarrow is missing
         folder = Path(folder)
         info = read_info(folder) if folder.is_dir() else None
-        if info is None and folder.is_dir() and any(folder.iterdir()):
+        if info is None and folder.is_dir() and any(path.name != LOCK_NAME for path in folder.iterdir()):
             raise OutputPathError(f"output folder {str(folder)!r} holds files but no {INFO_NAME}; give a new or empty "
                                   "folder (nothing in it was touched)")
         if folder.exists() and not folder.is_dir():
@@ -56,14 +58,27 @@ class DatasetWriter:
         if not folder.parent.is_dir():
             raise OutputPathError(f"folder {str(folder.parent)!r} does not exist; create it first")
         writer = cls(folder, identity, metadata_columns, shard_rows)
+        folder.mkdir(exist_ok=True)
+        writer._lock()
+        info = read_info(folder)  # again, under the lock: another job may have finished meanwhile
         if info is not None:
             writer._check_same(info)
             writer._replay()
-        (folder / SHARD_FOLDER).mkdir(parents=True, exist_ok=True)
         writer._write_info(complete=False)
+        (folder / SHARD_FOLDER).mkdir(exist_ok=True)
         return writer
 
     # ----------------------------------------------------------------- resume
+    def _lock(self) -> None:
+        """Hold an exclusive lock on ``DATASET/.lock`` while this process writes (released at exit, even on a kill)."""
+        self._lock_file = open(self.folder / LOCK_NAME, "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise DatasetError(f"another job is writing dataset {str(self.folder)!r}; wait for it or stop it "
+                               "first") from None
+
     def _check_same(self, info: dict) -> None:
         for key in IDENTITY_KEYS:
             if info.get(key) != self.identity[key]:
@@ -132,9 +147,11 @@ class DatasetWriter:
         self._write_info(complete=False)
 
     def close(self, complete: bool) -> dict:
-        """Commit what is buffered and write the final summary; returns it."""
+        """Commit what is buffered, write the final summary (returned) and release the lock."""
         self.commit()
-        return self._write_info(complete=complete)
+        info = self._write_info(complete=complete)
+        self._lock_file.close()
+        return info
 
     def _write_shard(self, rows: list) -> dict:
         pa, pq = pyarrow_modules()

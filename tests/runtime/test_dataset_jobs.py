@@ -138,3 +138,16 @@ def test_modules_import_without_pyarrow_and_ray_and_say_how_to_install(clips, tm
     """, clips, tmp_path / "ds", blocked=("torch", "pyarrow", "ray"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "needs the Python package 'pyarrow'" in result.stderr and "pip install" in result.stderr
+
+
+@pytest.mark.parametrize("args, expected", [((), None), (("--ray",), "local"), (("--ray=auto",), "auto"),
+                                            (("--ray", "ray://head:10001"), "ray://head:10001")])
+def test_ray_option_takes_an_optional_address(args, expected, clips, tmp_path, monkeypatch):
+    from meltok_runtime import corpus_job
+
+    calls = []
+    summary = {"counts": {"items": 0, "failed": 0, "shards": 0}, "hours": 0.0}
+    monkeypatch.setattr(corpus_job, "tokenize", lambda *a, **kw: calls.append(kw) or summary)
+    result = run_cli("tokenize", clips, "-o", tmp_path / "ds", *args)
+    assert result.exit_code == 0, result.output
+    assert calls[0]["ray_address"] == expected and calls[0]["workers"] == 1
