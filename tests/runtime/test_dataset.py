@@ -153,6 +153,9 @@ def test_writer_reopening_drops_uncommitted_shards_and_a_torn_journal_line(tmp_p
     (shards / ".part-00002.parquet.abc.tmp").write_bytes(b"half")
     with open(tmp_path / "ds" / "journal.jsonl", "a") as journal:
         journal.write('{"shard": {"file": "shards/part-0')  # killed while appending
+    with pytest.raises(DatasetError, match="another job is writing"):
+        DatasetWriter.open(tmp_path / "ds", identity, shard_rows=2)
+    del writer  # what a kill does: its lock goes with it
     reopened = DatasetWriter.open(tmp_path / "ds", identity, shard_rows=2)
     assert reopened.done == {"item0", "item1"} and not reopened.failures
     assert sorted(p.name for p in shards.iterdir()) == ["part-00000.parquet"]
