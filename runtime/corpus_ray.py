@@ -19,9 +19,14 @@ import numpy as np
 from .corpus_encode import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
 from .corpus_local import worker_threads
 from .corpus_sources import Item
+from .errors import MeltokError, ModelMismatchError
 from .optional import import_optional
 
 GPU_BACKENDS = ("ort-cuda", "trt")
+
+
+class ClusterError(MeltokError, RuntimeError):
+    """Ray could not be started or reached at the given address."""
 INSTALL = "pip install 'meltok[ray]' (ray[data])"
 
 
@@ -39,10 +44,13 @@ def read_stage(row: dict, sample_rate: int, min_samples: int) -> dict:
 class EncodeStage:
     """Ray actor: holds one Codec; a batch of read rows -> tokens (bytes), items of equal length encoded together."""
 
-    def __init__(self, bundle, backend: str, threads: int | None):
+    def __init__(self, bundle, backend: str, threads: int | None, model_id: str):
         from .codec import Codec
 
         self.codec = Codec.open(bundle, backend=backend, threads=threads)
+        if self.codec.model_id != model_id:  # e.g. another meltok version's default bundle on a worker node
+            raise ModelMismatchError(f"this Ray worker's bundle holds {self.codec.model_id}, the job tokenizes with "
+                                     f"{model_id}; install the same meltok and bundle on every node")
 
     def __call__(self, batch: dict) -> dict:
         count = len(batch["id"])
@@ -77,27 +85,26 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
     from .codec import default_bundle
     from .manifest import load_manifest
 
-    bundle = default_bundle() if bundle is None else bundle
-    manifest = load_manifest(bundle)
+    manifest = load_manifest(default_bundle() if bundle is None else bundle)
     threads = worker_threads(workers, threads)
     pending = {item.id: item for item in items if item.id not in writer.done}
+    if not pending:
+        return writer.close(complete=True)
     stats = JobProgress(len(pending), sum(item.size for item in pending.values()))
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        _connect(ray, address)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's ``progress`` reports
         if not logging.getLogger("meltok_runtime").isEnabledFor(logging.INFO):
             logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data's plan and timing lines only with -v
-        if not pending:
-            return writer.close(complete=True)
         records = [{"id": item.id, "path": item.path} for item in pending.values()]
         dataset = ray.data.from_items(records).map(
             read_stage, fn_kwargs={"sample_rate": manifest.sample_rate,
                                    "min_samples": manifest.hop_length * manifest.compression}, num_cpus=read_cpus)
         dataset = dataset.map_batches(
-            EncodeStage, fn_constructor_kwargs={"bundle": str(bundle), "backend": backend, "threads": threads},
+            EncodeStage, fn_constructor_kwargs={"bundle": None if bundle is None else str(bundle), "backend": backend,
+                                              "threads": threads, "model_id": manifest.model_id},
             compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch, batch_format="numpy",
             num_cpus=max(0.5, threads - read_cpus), num_gpus=1 / actors_per_gpu if backend in GPU_BACKENDS else 0)
         dtype = writer.dtype
@@ -123,3 +130,14 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
         if started_here:
             ray.shutdown()
     return writer.close(complete=True)
+
+
+def _connect(ray, address: str) -> None:
+    """Start a local Ray instance (``"local"``) or join the cluster at ``address``."""
+    try:
+        ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ClusterError(f"cannot start or reach Ray at {address!r} ({reason}); start a cluster with 'ray start "
+                           "--head', pass its address, or use --ray alone for a local instance") from None
