@@ -175,7 +175,8 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray
 @backend_option
 @threads_option
 @click.option("--ids", multiple=True, help="Decode only these items (repeat the option).")
-@click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
+@click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True,
+              help="Audio file format (WAV: 32-bit float; FLAC: 24-bit).")
 @click.option("--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
 @user_errors
 def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
