@@ -116,15 +116,15 @@ def test_ray_job_equals_local_mode_and_resumes_a_local_dataset(local_ray, clips,
     folder.mkdir()
     for name in ("speech.flac", "effects.flac"):
         shutil.copy(clips / name, folder / name)
-    (folder / "broken.ogg").write_bytes(b"OggS but not really")
     first = tokenize([folder], tmp_path / "ds", backend="ort-cpu", shard_rows=2)  # local mode
     shard = (tmp_path / "ds" / first["shards"][0]["file"]).read_bytes()
     for name in ("music.flac", "music48k.flac", "long_music.ogg"):
         shutil.copy(clips / name, folder / name)
+    (folder / "broken.ogg").write_bytes(b"OggS but not really")  # a bad item for Ray's read stage
     summary = tokenize([folder], tmp_path / "ds", backend="ort-cpu", shard_rows=2, ray_address="local")
     assert summary["counts"] == {"items": 5, "failed": 1, "shards": 3}
     assert (tmp_path / "ds" / first["shards"][0]["file"]).read_bytes() == shard
-    assert "cannot read" in summary["failures"][0]["reason"]
+    assert summary["failures"][0]["id"] == "clips/broken.ogg" and "cannot read" in summary["failures"][0]["reason"]
     assert_same_tokens(tmp_path / "ds", encoded)
     assert local_ray.is_initialized()  # a Ray instance the job did not start is left running
 
