@@ -1,5 +1,6 @@
 """Smoke test of ``benchmarks/corpus.py``: the loop and one-worker modes on two real clips (figures not asserted)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,10 +10,9 @@ pytest.importorskip("pyarrow")
 
 
 def test_corpus_main_compares_the_loop_and_the_job_on_real_clips(tmp_path, capsys):
-    from tests.runtime.conftest import DATA
-
+    data = Path(__file__).resolve().parents[1] / "data"
     corpus = load_script("corpus")
-    report = corpus.main([str(DATA), "--minutes", "0.1", "--modes", "loop,workers-1", "--json",
+    report = corpus.main([str(data), "--minutes", "0.1", "--modes", "loop,workers-1", "--json",
                           str(tmp_path / "corpus.json")])
     rows = table_lines(capsys.readouterr().out, "mode")
     assert [row.split()[0] for row in rows] == ["loop", "workers-1"]
