@@ -72,7 +72,7 @@ def test_reader_streams_row_groups_and_gets_one_item(local_dataset, encoded, mon
 
 def test_manifests_carry_ids_and_metadata_columns(tmp_path, encoded):
     (tmp_path / "list.csv").write_text(f"path,id,speaker,lang\n{DATA / 'speech.flac'},s1,anna,fr\n"
-                                       f"{DATA / 'music.flac'},m1,,\n")
+                                       f"{DATA / 'music.flac'},m1,,\nmissing.flac,x1,,\n")
     (tmp_path / "more.jsonl").write_text(json.dumps({"path": "effects.flac", "id": "e1", "lang": "none",
                                                      "tags": ["boom"]}) + "\n")
     shutil.copy(DATA / "effects.flac", tmp_path / "effects.flac")
@@ -88,6 +88,8 @@ def test_manifests_carry_ids_and_metadata_columns(tmp_path, encoded):
         ("anna", "fr", '["boom"]', "")
     assert open_dataset(tmp_path / "ds").get("e1").metadata == {"speaker": None, "lang": "none", "tags": '["boom"]'}
     assert np.array_equal(open_dataset(tmp_path / "ds").get("s1").tokens, encoded["clips/speech.flac"].tokens[0])
+    [failure] = json.loads((tmp_path / "ds" / "dataset.json").read_text())["failures"]
+    assert failure["id"] == "x1" and "does not exist" in failure["reason"]
 
 
 def test_bad_items_are_recorded_with_a_reason_and_skipped(tmp_path):
