@@ -51,14 +51,18 @@ def dataset_identity(bundle) -> dict:
             "token_layout": layout}
 
 
-def load_item(item, sample_rate: int, min_samples: int) -> LoadedItem:
-    """Read, check, mix down and resample one item; ItemError with the reason when it cannot be used."""
+def load_item(item, sample_rate: int, min_samples: int, hop_length: int) -> LoadedItem:
+    """Read, check, mix down and resample one item; ItemError with the reason when it cannot be used.
+
+    The same steps as ``meltok-rt encode`` (``load_audio``, then ``prepare_audio`` as
+    ``CodecPipeline.prepare`` calls it), done without a codec so that they can run apart from it.
+    """
     from .audio import load_audio, prepare_audio
     from .errors import MeltokError
 
     try:
         samples, rate = load_audio(item.path)
-        batch, _ = prepare_audio(samples[None], rate, sample_rate)
+        batch, _ = prepare_audio(samples[None], rate, sample_rate, hop_length=hop_length)
     except MeltokError as error:
         raise ItemError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - a decoder library failing on one file must not stop the job
@@ -71,7 +75,7 @@ def load_item(item, sample_rate: int, min_samples: int) -> LoadedItem:
 
 def encode_group(codec, audios: list) -> list:
     """Tokens ``[rows, T']`` of each of ``audios`` (mono ``[N]``, all of one length) in one call."""
-    tokens = codec.encode(np.stack(audios), codec.sample_rate)
+    tokens = codec.encode_prepared(np.stack(audios))
     return list(tokens.astype(np.uint16 if codec.codebook_size <= 2 ** 16 else np.uint32))
 
 

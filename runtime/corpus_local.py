@@ -48,7 +48,7 @@ def tokenize_local(items, writer, *, bundle=None, backend: str = "auto", workers
     threads = worker_threads(workers, threads)
     codec = Codec.open(bundle, backend=backend, threads=threads)  # checks the bundle, resolves "auto" once
     context = {"sample_rate": codec.sample_rate, "model_id": codec.model_id,
-               "min_samples": codec.hop_length * codec.compression}
+               "min_samples": codec.hop_length * codec.compression, "hop_length": codec.hop_length}
     try:
         if workers == 1:
             _CODEC, encoders = codec, ThreadPoolExecutor(1)
@@ -89,7 +89,8 @@ def _run(pending, readers, encoders, writer, stats, context, workers, batch, pro
             item = next(queue, None)
             if item is None:
                 break
-            loading.append((item, readers.submit(load_item, item, context["sample_rate"], context["min_samples"])))
+            loading.append((item, readers.submit(load_item, item, context["sample_rate"], context["min_samples"],
+                                                 context["hop_length"])))
         for entry in [entry for entry in loading if entry[1].done()]:
             loading.remove(entry)
             item, future = entry

@@ -30,11 +30,11 @@ class ClusterError(MeltokError, RuntimeError):
 INSTALL = "pip install 'meltok[ray]' (ray[data])"
 
 
-def read_stage(row: dict, sample_rate: int, min_samples: int) -> dict:
+def read_stage(row: dict, sample_rate: int, min_samples: int, hop_length: int) -> dict:
     """Ray ``map`` function: one item row -> its audio (float32 bytes) or the reason it cannot be used."""
     item = Item(row["id"], row["path"])
     try:
-        loaded = load_item(item, sample_rate, min_samples)
+        loaded = load_item(item, sample_rate, min_samples, hop_length)
     except ItemError as error:
         return {"id": item.id, "audio": b"", "sample_rate": 0, "channels": 0, "reason": str(error)}
     return {"id": item.id, "audio": loaded.audio.tobytes(), "sample_rate": loaded.sample_rate,
@@ -101,7 +101,8 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
         records = [{"id": item.id, "path": item.path} for item in pending.values()]
         dataset = ray.data.from_items(records).map(
             read_stage, fn_kwargs={"sample_rate": manifest.sample_rate,
-                                   "min_samples": manifest.hop_length * manifest.compression}, num_cpus=read_cpus)
+                                   "min_samples": manifest.hop_length * manifest.compression,
+                                   "hop_length": manifest.hop_length}, num_cpus=read_cpus)
         dataset = dataset.map_batches(
             EncodeStage, fn_constructor_kwargs={"bundle": None if bundle is None else str(bundle), "backend": backend,
                                               "threads": threads, "model_id": manifest.model_id},
