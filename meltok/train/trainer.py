@@ -167,6 +167,7 @@ class Trainer:
             with atomic_output(self.out / "config.json") as tmp:
                 tmp.write_text(self.config.to_json(), encoding="utf-8")
         self._stop_signal = threading.Event()
+        self._signal_number = None
         self._checkpoint_seconds = 0.0
 
     # ----------------------------------------------------------------- setup
@@ -336,6 +337,7 @@ class Trainer:
 
         def handler(signum, frame):
             log.warning("signal %d: stopping after this step with a checkpoint", signum)
+            self._signal_number = signum
             self._stop_signal.set()
             signal.signal(signum, previous.get(signum, signal.SIG_DFL))  # a second signal acts at once
 
@@ -402,7 +404,8 @@ class Trainer:
                 self.model.save(self.out / "model.safetensors")
         log.info("stopped at step %d of %d (%s)", self.step, config.steps, reason)
         return {"step": self.step, "stopped": reason, "validation": last_val,
-                "seconds": time.monotonic() - self._started}
+                "seconds": time.monotonic() - self._started,
+                "signal": self._signal_number if reason == "signal" else None}
 
     def _log_train(self, sums: dict, steps: int, since: float) -> None:
         values = {tag: float(total) / steps for tag, total in sums.items()}  # host sync here only
@@ -419,7 +422,27 @@ class Trainer:
                        "time/crops_per_second": self.config.batch_size * self.dist.world_size / seconds,
                        "epoch": float(self.stage.epoch(self.step))})
         self.scalars.write(self.step, values)
-        log.info("step %d: %s", self.step, _format(values))
+        log.info("step %d of %d (%s): %s", self.step, self.config.steps, self._pace(seconds), _format(values))
+
+    def _pace(self, step_seconds: float) -> str:
+        """Steps per second and the time to the last step (or to the time limit, if that comes first)."""
+        left = (self.config.steps - self.step) * step_seconds
+        limit = ""
+        if self.config.max_minutes:
+            until_limit = 60.0 * self.config.max_minutes - (time.monotonic() - self._started)
+            if until_limit < left:
+                left, limit = max(until_limit, 0.0), " (time limit)"
+        return f"{1.0 / max(step_seconds, 1e-9):.3g} steps/s, ETA {_duration(left)}{limit}"
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``"1h02m"``; ``95`` -> ``"1m35s"``; days beyond 48 hours."""
+    seconds = int(round(seconds))
+    if seconds >= 48 * 3600:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _format(values: dict) -> str:
