@@ -133,3 +133,59 @@ def info(path, backend, threads):
     click.echo(json.dumps(report, indent=2))
     if report["selected_backend"] is None:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Dataset folder (new, empty, or one to resume).")
+@bundle_option
+@backend_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Encoder processes (Ray: actors), each with cores / workers threads.")
+@threads_option
+@click.option("--shard-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Items per Parquet shard.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray Data: a local instance, or the cluster at ADDRESS (e.g. auto, ray://head:10001).")
+@click.option("--actors-per-gpu", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray with --backend ort-cuda or trt: encoder actors sharing one GPU.")
+@user_errors
+def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
+    """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
+    from .corpus_job import progress_bar, tokenize as run
+
+    try:
+        with progress_bar("tokenizing") as progress:
+            summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
+                          shard_rows=shard_rows, ray_address=ray_address, actors_per_gpu=actors_per_gpu,
+                          progress=progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
+        sys.exit(130)
+    counts = summary["counts"]
+    click.echo(f"wrote {output}: {counts['items']} items ({summary['hours']:.3f} h) in {counts['shards']} shards, "
+               f"{counts['failed']} failed (listed in {output}/dataset.json)")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the audio files.")
+@bundle_option
+@backend_option
+@threads_option
+@click.option("--ids", multiple=True, help="Decode only these items (repeat the option).")
+@click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True,
+              help="Audio file format (WAV: 32-bit float; FLAC: 24-bit).")
+@click.option("--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
+@user_errors
+def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
+    """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
+    from .corpus_decode import detokenize as run
+    from .corpus_job import progress_bar
+
+    with progress_bar("decoding", by_bytes=False) as progress:
+        summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
+                      force=force, suffix=f".{audio_format}", progress=progress)
+    for failure in summary["failures"]:
+        click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
+    click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "
+               f"{len(summary['failures'])} failed")
