@@ -7,12 +7,16 @@ from torch import nn
 
 from meltok_runtime.audio import prepare_audio
 from meltok_runtime.framing import check_tokens, padded_length
+from meltok_runtime.streaming import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
+from meltok_runtime.streaming import (DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder,
+                                      StreamSpec)
 from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, decode_windowed,
                                       encode_windowed, seconds_to_columns)
 
 from .config import MelTokConfig, resolve_config
 from .frontend import MelFrontend
 from .quantizer import VectorQuantizer
+from .receptive_field import stream_contract
 from .tokenizer import Decoder2d, Encoder2d
 from .vocoder import ISTFTHead, VocosBackbone
 
@@ -171,3 +175,36 @@ class MelTok(nn.Module):
         from .checkpoints import load_official
 
         return load_official(cls, stage1_path, stage2_path, allow_pickle=allow_pickle)
+
+    # -------------------------------------------------------------- streaming
+    def stream_decoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS,
+                       fade_seconds: float = DEFAULT_FADE_SECONDS) -> StreamDecoder:
+        """A stream that decodes tokens as they arrive (``meltok_runtime.streaming``)."""
+        device = next(self.parameters()).device
+
+        @torch.inference_mode()
+        def decode_fn(tokens: np.ndarray) -> np.ndarray:
+            return self.detokenize(torch.from_numpy(tokens).to(device)).float().cpu().numpy()
+
+        return StreamDecoder(decode_fn, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds, fade_seconds=fade_seconds)
+
+    def stream_encoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS) -> StreamEncoder:
+        """A stream that encodes audio at ``sample_rate`` as it is captured (``meltok_runtime.streaming``)."""
+        device = next(self.parameters()).device
+
+        @torch.inference_mode()
+        def encode_fn(audio: np.ndarray) -> np.ndarray:
+            return self.tokenize(torch.from_numpy(audio).to(device)).cpu().numpy()
+
+        return StreamEncoder(encode_fn, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds)
+
+    def _stream_spec(self) -> StreamSpec:
+        columns = self._window_kwargs(DEFAULT_WINDOW_SECONDS, DEFAULT_CONTEXT_SECONDS)["window_columns"]
+        return StreamSpec.from_contract(stream_contract(self.config), sample_rate=self.sample_rate,
+                                        hop_length=self.hop_length, compression=self.config.tokenizer.compression,
+                                        token_rows=self.token_rows, codebook_size=self.codebook_size,
+                                        max_columns=columns)

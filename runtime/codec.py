@@ -29,6 +29,8 @@ from .backends import AUTO_ORDER, BACKENDS, backend_class
 from .errors import BackendError, BundleError, MeltokError, ModelMismatchError, TokenInputError
 from .framing import check_tokens, decoded_length, padded_length, token_columns
 from .manifest import Manifest, load_manifest
+from .streaming import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
+from .streaming import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder, StreamSpec
 from .windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, count_windows, decode_windowed,
                         encode_windowed, seconds_to_columns)
 
@@ -243,6 +245,26 @@ class Codec:
                                   context_columns=self.context_columns, hop=self.hop_length,
                                   compression=self.compression, progress=report))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # ------------------------------------------------------------------ streaming
+    def stream_decoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS,
+                       fade_seconds: float = DEFAULT_FADE_SECONDS) -> StreamDecoder:
+        """A stream that decodes tokens as they arrive (``meltok_runtime.streaming``)."""
+        return StreamDecoder(self._decode_fn, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds, fade_seconds=fade_seconds)
+
+    def stream_encoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS) -> StreamEncoder:
+        """A stream that encodes audio at ``sample_rate`` as it is captured (``meltok_runtime.streaming``)."""
+        return StreamEncoder(self._encode_fn, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds)
+
+    def _stream_spec(self) -> StreamSpec:
+        return StreamSpec.from_contract(self.manifest.streaming, sample_rate=self.sample_rate,
+                                        hop_length=self.hop_length, compression=self.compression,
+                                        token_rows=self.token_rows, codebook_size=self.codebook_size,
+                                        max_columns=self.window_columns)
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:

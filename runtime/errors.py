@@ -67,3 +67,7 @@ class EngineMismatchError(ModelMismatchError, BackendError):
 
 class MissingDependencyError(BackendError, ImportError):
     """An optional package needed for this feature is not installed; the message names the install command."""
+
+
+class StreamClosedError(MeltokError, RuntimeError):
+    """A stream used after ``flush()`` closed it."""
