@@ -9,7 +9,8 @@ Both follow every layer's extent along time: 3x3 convolutions (one position each
 blocks (two of them), attention (``attention_radius`` positions each side), the encoder's stride-2
 downsampling (zero-pad right, 3x3 kernel) and Haar patching, the decoder's nearest x2 upsampling,
 the inverse Haar, the vocoder's k7 convolutions and the STFT/ISTFT frames (``n_fft`` samples centred
-on each hop). Normalisation is per column (GroupNorm) or per frame (LayerNorm), so it adds nothing.
+on each hop; the periodic Hann window is 0 at its first sample). Normalisation is per column
+(GroupNorm) or per frame (LayerNorm), so it adds nothing.
 Streams (``meltok_runtime.streaming``) use these spans to keep only exact results; the reference
 architecture has no finite span (GroupNorm and attention see the whole input).
 """
@@ -42,8 +43,8 @@ def encoder_dependency(config: MelTokConfig) -> tuple[int, int]:
         lo, hi = lo - widen, hi + widen
     lo, hi = lo - CONV, hi + CONV  # conv_in
     lo, hi = 2 * lo, 2 * hi + 1  # Haar patching: p <- frames 2p, 2p + 1
-    half = front.n_fft // 2  # frame f covers samples [hop * f - n_fft / 2, hop * f + n_fft / 2)
-    return front.hop_length * lo - half, front.hop_length * hi + half - 1
+    half = front.n_fft // 2 - 1  # frame f weighs samples hop * f - n_fft / 2 + 1 .. hop * f + n_fft / 2 - 1
+    return front.hop_length * lo - half, front.hop_length * hi + half
 
 
 def decoder_influence(config: MelTokConfig) -> tuple[int, int]:
@@ -61,8 +62,8 @@ def decoder_influence(config: MelTokConfig) -> tuple[int, int]:
     lo, hi = 2 * lo, 2 * hi + 1  # inverse Haar
     widen = (KERNEL_SIZE // 2) * (1 + voc.num_layers)  # embedding conv and ConvNeXt depthwise convs
     lo, hi = lo - widen, hi + widen
-    half = voc.n_fft // 2  # frame f overlap-adds onto samples [hop * f - n_fft / 2, hop * f + n_fft / 2)
-    return voc.hop_length * lo - half, voc.hop_length * hi + half - 1
+    half = voc.n_fft // 2 - 1  # frame f overlap-adds onto hop * f - n_fft / 2 + 1 .. hop * f + n_fft / 2 - 1
+    return voc.hop_length * lo - half, voc.hop_length * hi + half
 
 
 def stream_contract(config: MelTokConfig) -> dict:
