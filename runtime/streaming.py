@@ -168,8 +168,10 @@ class StreamDecoder(_Stream):
             return audio
 
     def _start(self) -> int:
-        """First column of the next window: ``behind`` samples of context before ``_done``."""
-        return max(0, -(-(self._done - self.behind) // self.spec.column))
+        """First column of the next window: ``behind`` samples of context before ``_done`` (and at least
+        the column holding ``_done``)."""
+        column = self.spec.column
+        return max(0, min(-(-(self._done - self.behind) // column), self._done // column))
 
     def _run(self, final: bool) -> np.ndarray:
         column, parts = self.spec.column, []

@@ -44,3 +44,21 @@ def real_clips(real_clip_paths) -> dict:
         assert rate == 44100, f"{name} should be a 44.1 kHz clip"
         clips[name] = audio.mean(axis=1)
     return clips
+
+
+@pytest.fixture(scope="session")
+def tiny_local_bundle(tmp_path_factory):
+    """``(model, bundle folder)``: the seeded time-local tiny preset and its fp32 bundle from export_bundle."""
+    import torch
+
+    from meltok import MelTok
+    from meltok_export.bundle import export_bundle
+
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny-local")
+    with torch.no_grad():  # spread the codebook so that random latents pick many codes, without near-ties
+        model.quantizer.embedding.weight.normal_(0, 0.5)
+    model.save(tmp_path_factory.mktemp("models") / "tiny-local.safetensors")  # gives it its model id
+    out = tmp_path_factory.mktemp("bundles") / "tiny-local"
+    export_bundle(model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
+    return model, out
