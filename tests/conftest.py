@@ -47,18 +47,25 @@ def real_clips(real_clip_paths) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_local_bundle(tmp_path_factory):
-    """``(model, bundle folder)``: the seeded time-local tiny preset and its fp32 bundle from export_bundle."""
+def tiny_local_model():
+    """The seeded time-local tiny preset, its codebook spread (normal, std 0.5) so that random latents
+    pick many codes without near-ties."""
     import torch
 
     from meltok import MelTok
-    from meltok_export.bundle import export_bundle
 
     torch.manual_seed(0)
     model = MelTok.from_config("tiny-local")
-    with torch.no_grad():  # spread the codebook so that random latents pick many codes, without near-ties
-        model.quantizer.embedding.weight.normal_(0, 0.5)
-    model.save(tmp_path_factory.mktemp("models") / "tiny-local.safetensors")  # gives it its model id
+    torch.nn.init.normal_(model.quantizer.embedding.weight, 0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_local_bundle(tmp_path_factory, tiny_local_model):
+    """``(model, bundle folder)``: the time-local tiny model and its fp32 bundle from export_bundle."""
+    from meltok_export.bundle import export_bundle
+
+    tiny_local_model.save(tmp_path_factory.mktemp("models") / "tiny-local.safetensors")  # sets its model id
     out = tmp_path_factory.mktemp("bundles") / "tiny-local"
-    export_bundle(model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
-    return model, out
+    export_bundle(tiny_local_model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
+    return tiny_local_model, out
