@@ -6,8 +6,9 @@ import sys
 import click
 import numpy as np
 
-from meltok_runtime.cli_support import (load_for_encoding, setup_logging, user_errors, verbose_option,
-                                        write_decoded)
+from meltok_runtime.cli_support import (check_stream_output, decode_stream, decoded_output_option, encode_stdin,
+                                        load_for_encoding, setup_logging, stdin_options, stream_options, user_errors,
+                                        verbose_option, write_decoded)
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
 
@@ -52,43 +53,52 @@ def convert(stage1, stage2, output, trust_pickle):
 
 
 @main.command()
-@click.argument("audio", type=click.Path())
+@click.argument("audio", type=click.Path(allow_dash=True))
 @model_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@stdin_options
 @user_errors
-def encode(audio, model_path, output, device):
-    """Encode an audio file (any format soundfile reads) to a token file."""
+def encode(audio, model_path, output, device, input_format, rate, channels, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - streams raw PCM
+    from standard input, encoded as it arrives."""
     from meltok_runtime.atomic import check_output_path
 
     check_output_path(output)
     model = _load_model(model_path, device)
-    batch = load_for_encoding(audio, model.sample_rate)
-    tokens = model.encode(batch, model.sample_rate)
-    write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=batch.shape[-1],
+    if audio == "-":
+        tokens, samples = encode_stdin(model, input_format, rate, channels, lookahead)
+    else:
+        batch = load_for_encoding(audio, model.sample_rate)
+        tokens, samples = model.encode(batch, model.sample_rate), batch.shape[-1]
+    write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=samples,
                  model_id=model.model_id, codebook_size=model.codebook_size)
     click.echo(f"wrote {output}: {tokens.shape[-1]} columns x {tokens.shape[1]} rows "
-               f"({batch.shape[-1] / model.sample_rate:.2f} s)")
+               f"({samples / model.sample_rate:.2f} s)")
 
 
 @main.command()
 @click.argument("tokens", type=click.Path())
 @model_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
+@decoded_output_option
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@stream_options
 @user_errors
-def decode(tokens, model_path, output, device):
-    """Decode a token file to audio at 44.1 kHz, trimmed to the encoded length."""
-    from meltok_runtime.atomic import check_output_path
-
-    check_output_path(output)
+def decode(tokens, model_path, output, device, stream, stream_format, push_columns, lookahead):
+    """Decode a token file to audio at 44.1 kHz, trimmed to the encoded length; --stream writes the
+    audio as it is decoded (-o - for standard output)."""
+    check_stream_output(output, stream)
     token_file = read_tokens(tokens)
     model = _load_model(model_path, device)
     check_token_file(token_file, model_id=model.model_id, sample_rate=model.sample_rate, source=tokens)
-    audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
-    write_decoded(output, audio, token_file.num_samples, model.sample_rate)
-    click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz")
+    if stream:
+        audio = decode_stream(model, token_file, output, stream_format, push_columns, lookahead)
+    else:
+        audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
+    if audio is not None:
+        write_decoded(output, audio, token_file.num_samples, model.sample_rate)
+    click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz",
+               err=output == "-")
 
 
 @main.command()

@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .backends import BACKEND_CHOICES
-from .cli_support import load_for_encoding, setup_logging, user_errors, verbose_option, write_decoded
-from .pcm_stream import INPUT_FORMATS, OUTPUT_FORMATS, PcmWriter, decode_columns, encode_blocks, read_pcm_blocks
-from .streaming import DEFAULT_LOOKAHEAD_SECONDS
+from .cli_support import (check_stream_output, decode_stream, decoded_output_option, encode_stdin, load_for_encoding,
+                          setup_logging, stdin_options, stream_options, user_errors, verbose_option, write_decoded)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -25,9 +23,6 @@ bundle_option = click.option(
 backend_option = click.option(
     "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
     help="Inference backend; auto tries trt, then ort-cuda, then ort-cpu.")
-lookahead_option = click.option("--lookahead", type=click.FloatRange(min=0), default=DEFAULT_LOOKAHEAD_SECONDS,
-                                show_default=True, help="Streaming lookahead in seconds (time-local models "
-                                                        "get at least what exactness needs).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="CPU threads per graph (default: all cores).")
 
@@ -63,13 +58,7 @@ def main(verbose):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @backend_option
 @threads_option
-@click.option("--input-format", type=click.Choice(sorted(INPUT_FORMATS)), default="s16le", show_default=True,
-              help="Raw PCM format of standard input (AUDIO = -).")
-@click.option("--rate", type=click.IntRange(min=1), default=44100, show_default=True,
-              help="Sample rate of standard input; must be the model's.")
-@click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Interleaved channels of standard input (mixed down).")
-@lookahead_option
+@stdin_options
 @user_errors
 def encode(audio, bundle, output, backend, threads, input_format, rate, channels, lookahead):
     """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - streams raw PCM
@@ -80,7 +69,7 @@ def encode(audio, bundle, output, backend, threads, input_format, rate, channels
     check_output_path(output)
     with _open_codec(bundle, backend, threads) as codec:
         if audio == "-":
-            tokens, samples = _encode_stdin(codec, input_format, rate, channels, lookahead)
+            tokens, samples = encode_stdin(codec, input_format, rate, channels, lookahead)
         else:
             batch = load_for_encoding(audio, codec.sample_rate)
             samples = batch.shape[-1]
@@ -92,50 +81,25 @@ def encode(audio, bundle, output, backend, threads, input_format, rate, channels
                f"({samples / codec.sample_rate:.2f} s, backend {codec.backend})")
 
 
-def _encode_stdin(codec, input_format, rate, channels, lookahead):
-    """Tokens ``[1, rows, T']`` and the sample count of raw PCM streamed from standard input."""
-    from .errors import AudioInputError
-
-    if rate != codec.sample_rate:
-        raise AudioInputError(f"standard input at {rate} Hz, but this model takes {codec.sample_rate} Hz; resample "
-                              f"before the pipe (e.g. sox ... -r {codec.sample_rate}) and pass --rate")
-    blocks = read_pcm_blocks(click.get_binary_stream("stdin"), input_format, channels)
-    report = lambda samples: click.echo(f"\rencoded {samples / rate:.1f} s", err=True, nl=False)  # noqa: E731
-    tokens, samples = encode_blocks(codec.stream_encoder(lookahead_seconds=lookahead), blocks, report, rate)
-    click.echo("", err=True)
-    return tokens[None], samples
-
-
 @main.command()
 @click.argument("tokens", type=click.Path())
 @bundle_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg). With --stream, - is "
-                   "standard output.")
+@decoded_output_option
 @backend_option
 @threads_option
-@click.option("--stream", is_flag=True, help="Decode as a stream and write the audio as it is decoded.")
-@click.option("--format", "stream_format", type=click.Choice(OUTPUT_FORMATS), default="wav", show_default=True,
-              help="With --stream to standard output: 16-bit WAV with an open-ended header, or raw PCM.")
-@click.option("--push-columns", type=click.IntRange(min=1), default=4, show_default=True,
-              help="With --stream: token columns pushed at a time.")
-@lookahead_option
+@stream_options
 @user_errors
 def decode(tokens, bundle, output, backend, threads, stream, stream_format, push_columns, lookahead):
     """Decode a token file to audio at 44.1 kHz, each item trimmed to its encoded length."""
-    from .atomic import check_output_path
     from .tokenfile import check_token_file, read_tokens
 
-    if output == "-" and not stream:
-        raise click.UsageError("-o - (standard output) needs --stream")
-    if output != "-":
-        check_output_path(output)
+    check_stream_output(output, stream)
     token_file = read_tokens(tokens)
     with _open_codec(bundle, backend, threads) as codec:
         check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=tokens)
         array = token_file.tokens
         if stream:
-            audio = _decode_stream(codec, token_file, output, stream_format, push_columns, lookahead)
+            audio = decode_stream(codec, token_file, output, stream_format, push_columns, lookahead)
         else:
             with _progress(codec.decode_windows(array.shape[-1], array.shape[0]), "decoding") as progress:
                 audio = codec.decode(array, num_samples=max(token_file.num_samples), progress=progress)
@@ -143,26 +107,6 @@ def decode(tokens, bundle, output, backend, threads, stream, stream_format, push
         write_decoded(output, audio, token_file.num_samples, codec.sample_rate)
     click.echo(f"wrote {output}: {max(token_file.num_samples) / codec.sample_rate:.2f} s at {codec.sample_rate} Hz "
                f"(backend {codec.backend})", err=output == "-")
-
-
-def _decode_stream(codec, token_file, output, stream_format, push_columns, lookahead):
-    """Stream-decode the token file's single item: to standard output as it is decoded (returns None),
-    or collected for a file (returns audio ``[1, N]``)."""
-    import io
-
-    from .errors import TokenInputError
-
-    if token_file.tokens.shape[0] != 1:
-        raise TokenInputError(f"--stream decodes one item; {token_file.tokens.shape[0]} are in this file: "
-                              "decode without --stream")
-    columns, to_stdout, buffer = token_file.tokens.shape[-1], output == "-", io.BytesIO()
-    writer = (PcmWriter(click.get_binary_stream("stdout"), stream_format, codec.sample_rate) if to_stdout
-              else PcmWriter(buffer, "f32le", codec.sample_rate))
-    report = lambda done: click.echo(f"\rdecoded {done}/{columns} columns", err=True, nl=False)  # noqa: E731
-    decode_columns(codec.stream_decoder(lookahead_seconds=lookahead), token_file.tokens[0], writer,
-                   token_file.num_samples[0], push_columns, report)
-    click.echo("", err=True)
-    return None if to_stdout else np.frombuffer(buffer.getvalue(), dtype="<f4")[None]
 
 
 @main.command()
