@@ -114,5 +114,10 @@ def test_stage1_trains_the_local_variant(real_clips):
                          val_every=1000, checkpoint_every=1000, val_crops=2, prefetch=2)
     stage = Stage1(MelTok.from_config("tiny-local"), config, torch.device("cpu"), CodebookMonitor(1024, 100))
     stage.train_mode()
-    losses = [float(stage.train_step(batch, step)["train/total"]) for step in range(1, 13)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as tests/meltok/test_train.py: on a busy 2-core machine one thread is far faster
+    try:
+        losses = [float(stage.train_step(batch, step)["train/total"]) for step in range(1, 9)]
+    finally:
+        torch.set_num_threads(threads)
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
