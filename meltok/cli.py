@@ -6,11 +6,11 @@ import sys
 import click
 import numpy as np
 
-from meltok_runtime.cli_support import (check_stream_output, decode_stream, decoded_output_option, encode_stdin,
-                                        load_for_encoding, setup_logging, stdin_options, stream_options, user_errors,
-                                        verbose_option, write_decoded)
+from meltok_runtime.cli_support import (check_stream_output, decode_stdout, decoded_output_option, encode_stdin,
+                                        force_option, original_rate_option, progress_bar, report_rate, setup_logging,
+                                        stdin_options, stream_options, subtype_option, user_errors, verbose_option)
 from meltok_runtime.errors import MeltokError
-from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
+from meltok_runtime.tokenfile import read_tokens
 
 from .evaluate import eval_command
 from .train.cli import train
@@ -18,15 +18,17 @@ from .train.cli import train
 log = logging.getLogger("meltok")
 
 model_option = click.option(
-    "-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-    help="Model file (.safetensors from `meltok convert` or training); default: the shipped model.")
+    "-m", "--model", "model_path", type=click.Path(), default=None,
+    help="Model file (.safetensors from `meltok convert` or training), training run folder, export bundle "
+         "folder or preset name; default: the shipped model.")
 
 
-def _load_model(model_path, device):
+def _open_codec(model_path, device):
+    """The codec for ``-m`` (``loaders.open_codec``): a MelTok, or a runtime Codec for a bundle folder."""
     from .codec import MelTok
-    from .default_model import default_model_path
+    from .loaders import open_codec
 
-    return MelTok.load(model_path or default_model_path(), device=device)
+    return open_codec(MelTok, model_path, device=device)
 
 
 @click.group()
@@ -42,12 +44,17 @@ def main(verbose):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow full unpickling of the checkpoints (can run code from them: only for files you trust).")
+@force_option
 @user_errors
-def convert(stage1, stage2, output, trust_pickle):
+def convert(stage1, stage2, output, trust_pickle, force):
     """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file."""
-    from .codec import MelTok
+    from meltok_runtime.atomic import check_new_output
 
-    model = MelTok.from_official(stage1, stage2, allow_pickle=trust_pickle)
+    from .codec import MelTok
+    from .loaders import load_model
+
+    check_new_output(output, inputs=[stage1, stage2], force=force, suffixes=(".safetensors",), what="model file")
+    model = load_model(MelTok, (stage1, stage2), allow_pickle=trust_pickle)
     model_id = model.save(output)
     click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
@@ -57,24 +64,22 @@ def convert(stage1, stage2, output, trust_pickle):
 @model_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@force_option
 @stdin_options
 @user_errors
-def encode(audio, model_path, output, device, input_format, rate, channels, lookahead):
-    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - streams raw PCM
-    from standard input, encoded as it arrives."""
-    from meltok_runtime.atomic import check_output_path
+def encode(audio, model_path, output, device, force, input_format, rate, channels, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
+    standard input as it arrives."""
+    from meltok_runtime.codec_files import encode_file
 
-    check_output_path(output)
-    model = _load_model(model_path, device)
-    if audio == "-":
-        tokens, samples = encode_stdin(model, input_format, rate, channels, lookahead)
-    else:
-        batch = load_for_encoding(audio, model.sample_rate)
-        tokens, samples = model.encode(batch, model.sample_rate), batch.shape[-1]
-    write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=samples,
-                 model_id=model.model_id, codebook_size=model.codebook_size)
-    click.echo(f"wrote {output}: {tokens.shape[-1]} columns x {tokens.shape[1]} rows "
-               f"({samples / model.sample_rate:.2f} s)")
+    with _open_codec(model_path, device) as codec, progress_bar("encoding") as progress:
+        if audio == "-":
+            written = encode_stdin(codec, output, input_format=input_format, rate=rate, channels=channels,
+                                   lookahead=lookahead, force=force)
+        else:
+            written = encode_file(codec, audio, output, force=force, progress=progress)
+    click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
+               f"({written.num_samples[0] / written.sample_rate:.2f} s)")
 
 
 @main.command()
@@ -82,23 +87,28 @@ def encode(audio, model_path, output, device, input_format, rate, channels, look
 @model_option
 @decoded_output_option
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@original_rate_option
+@subtype_option
+@force_option
 @stream_options
 @user_errors
-def decode(tokens, model_path, output, device, stream, stream_format, push_columns, lookahead):
-    """Decode a token file to audio at 44.1 kHz, trimmed to the encoded length; --stream writes the
-    audio as it is decoded (-o - for standard output)."""
+def decode(tokens, model_path, output, device, original_rate, subtype, force, stream, stream_format, push_columns,
+           lookahead):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), trimmed to the encoded length;
+    --stream -o - writes it to standard output as it is decoded."""
+    from meltok_runtime.codec_files import decode_file
+
     check_stream_output(output, stream)
-    token_file = read_tokens(tokens)
-    model = _load_model(model_path, device)
-    check_token_file(token_file, model_id=model.model_id, sample_rate=model.sample_rate, source=tokens)
-    if stream:
-        audio = decode_stream(model, token_file, output, stream_format, push_columns, lookahead)
-    else:
-        audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
-    if audio is not None:
-        write_decoded(output, audio, token_file.num_samples, model.sample_rate)
-    click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz",
-               err=output == "-")
+    with _open_codec(model_path, device) as codec, progress_bar("decoding") as progress:
+        if stream:
+            decode_stdout(codec, tokens, stream_format=stream_format, push_columns=push_columns,
+                          lookahead=lookahead)
+            click.echo(f"wrote {output} at {codec.sample_rate} Hz", err=True)
+            return
+        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                              progress=progress)
+    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+    click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz")
 
 
 @main.command()
@@ -106,7 +116,7 @@ def decode(tokens, model_path, output, device, stream, stream_format, push_colum
 @user_errors
 def info(path):
     """Describe a model file or a token file."""
-    from .checkpoints import read_model_metadata
+    from .modelfile import read_model_metadata
 
     try:
         token_file = read_tokens(path)

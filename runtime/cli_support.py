@@ -1,13 +1,12 @@
 """Pieces shared by the ``meltok``, ``meltok-export`` and ``meltok-rt`` command lines."""
+import contextlib
 import functools
 import logging
 import sys
 
-from pathlib import Path
-
 import click
 
-from .errors import AudioInputError, MeltokError, TokenInputError
+from .errors import MeltokError
 from .pcm_stream import INPUT_FORMATS, OUTPUT_FORMATS
 from .streaming import DEFAULT_LOOKAHEAD_SECONDS
 
@@ -42,31 +41,52 @@ def setup_logging(verbose: bool) -> None:
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
 
 
-def load_for_encoding(path, sample_rate: int):
-    """An audio file as float32 ``[1, N]`` at ``sample_rate``: checked first, then resampled with a
-    warning on stderr (so a bad file gives one error line, not a warning and an error)."""
-    from .audio import load_audio, prepare_audio  # soundfile and soxr only when a command needs them
-
-    samples, rate = load_audio(path)
-    batch, resampled = prepare_audio(samples[None], rate, sample_rate)
-    if resampled:
-        log.warning("resampling %s from %d Hz to %d Hz", path, rate, sample_rate)
-    return batch
+force_option = click.option("-y", "--force", is_flag=True,
+                            help="Replace an existing output file (never an input file).")
+original_rate_option = click.option(
+    "--original-rate", is_flag=True,
+    help="Write at the sample rate and length the audio had before encoding (recorded in the token file); "
+         "default: the model's rate.")
+subtype_option = click.option("--subtype", type=click.Choice(["PCM_16", "PCM_24", "FLOAT"]), default=None,
+                              help="Sample format of the audio file (default: FLOAT for .wav, PCM_24 for .flac).")
 
 
-def write_decoded(output, audio, num_samples: list, sample_rate: int) -> None:
-    """Write item ``i`` of ``audio [B, N]`` trimmed to ``num_samples[i]``; with several items the
-    files are named ``OUT-0.wav``, ``OUT-1.wav``, ..."""
-    from .audio import write_audio
+@contextlib.contextmanager
+def progress_bar(label: str):
+    """Yield a ``progress(done, total)`` callback that draws a bar on stderr once a job has more than
+    one step (the pipeline's own window count drives it)."""
+    bar = None
 
-    output = Path(output)
-    for index, length in enumerate(num_samples):
-        target = output if len(num_samples) == 1 else output.with_name(f"{output.stem}-{index}{output.suffix}")
-        write_audio(target, audio[index, :length], sample_rate)
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if total <= 1:
+                return
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def report_rate(rate: int, model_rate: int, recorded: int | None) -> None:
+    """Say on stderr at which sample rate decoded audio is written, and how to get the other."""
+    if rate != model_rate:
+        note = "the rate of the audio before encoding"
+    elif recorded not in (None, model_rate):
+        note = f"the model's rate; --original-rate restores {recorded} Hz"
+    else:
+        note = "the model's rate"
+    click.echo(f"writing {rate} Hz audio ({note})", err=True)
 
 
 # ----------------------------------------------------------------------------- streaming
 def _options(*options):
+    """One decorator applying ``options`` in order."""
     def apply(command):
         for option in reversed(options):
             command = option(command)
@@ -89,61 +109,45 @@ stdin_options = _options(
     _lookahead_option)
 
 stream_options = _options(
-    click.option("--stream", is_flag=True, help="Decode as a stream and write the audio as it is decoded."),
+    click.option("--stream", is_flag=True, help="Decode as a stream to standard output (-o -), as it is decoded."),
     click.option("--format", "stream_format", type=click.Choice(OUTPUT_FORMATS), default="wav", show_default=True,
-                 help="With --stream to standard output: 16-bit WAV with an open-ended header, or raw PCM."),
+                 help="With --stream: 16-bit WAV with an open-ended header, or raw PCM."),
     click.option("--push-columns", type=click.IntRange(min=1), default=4, show_default=True,
                  help="With --stream: token columns pushed at a time."),
     _lookahead_option)
 
+
 decoded_output_option = click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-    help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg). With --stream, - is standard "
-         "output.")
+    help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg); - with --stream: standard output.")
 
 
 def check_stream_output(output, stream: bool) -> None:
-    """``-o -`` only with ``--stream``; a file output must be writable."""
-    from .atomic import check_output_path
-
-    if output == "-" and not stream:
-        raise click.UsageError("-o - (standard output) needs --stream")
-    if output != "-":
-        check_output_path(output)
+    """``-o -`` goes with ``--stream`` and ``--stream`` with ``-o -``."""
+    if (output == "-") != stream:
+        raise click.UsageError("--stream writes to standard output: pass both --stream and -o - (or neither, to "
+                               "write a file)")
 
 
-def encode_stdin(codec, input_format: str, rate: int, channels: int, lookahead: float):
-    """Tokens ``[1, rows, T']`` and the sample count of raw PCM streamed from standard input through
-    ``codec.stream_encoder``; progress on stderr."""
-    from .pcm_stream import encode_blocks, read_pcm_blocks
+def encode_stdin(codec, output, *, input_format: str, rate: int, channels: int, lookahead: float, force: bool):
+    """``encode -``: raw PCM from standard input -> ``output``, progress on stderr; returns the TokenFile."""
+    from .stream_files import encode_pcm_stream
 
-    if rate != codec.sample_rate:
-        raise AudioInputError(f"standard input at {rate} Hz, but this model takes {codec.sample_rate} Hz; resample "
-                              f"before the pipe (e.g. sox ... -r {codec.sample_rate}) and pass --rate")
-    blocks = read_pcm_blocks(click.get_binary_stream("stdin"), input_format, channels)
-    report = lambda samples: click.echo(f"\rencoded {samples / rate:.1f} s", err=True, nl=False)  # noqa: E731
-    tokens, samples = encode_blocks(codec.stream_encoder(lookahead_seconds=lookahead), blocks, report, rate)
+    written = encode_pcm_stream(
+        codec, click.get_binary_stream("stdin"), output, input_format=input_format, rate=rate, channels=channels,
+        lookahead_seconds=lookahead, force=force,
+        progress=lambda seconds: click.echo(f"\rencoded {seconds:.0f} s", err=True, nl=False))
     click.echo("", err=True)
-    return tokens[None], samples
+    return written
 
 
-def decode_stream(codec, token_file, output, stream_format: str, push_columns: int, lookahead: float):
-    """Stream-decode a token file's single item through ``codec.stream_decoder``: to standard output as
-    it is decoded (returns None), or collected for a file (returns audio ``[1, N]``)."""
-    import io
+def decode_stdout(codec, tokens, *, stream_format: str, push_columns: int, lookahead: float):
+    """``decode --stream TOKENS -o -``: audio on standard output as it is decoded, progress on stderr."""
+    from .stream_files import decode_to_stream
 
-    import numpy as np
-
-    from .pcm_stream import PcmWriter, decode_columns
-
-    if token_file.tokens.shape[0] != 1:
-        raise TokenInputError(f"--stream decodes one item; {token_file.tokens.shape[0]} are in this file: "
-                              "decode without --stream")
-    columns, to_stdout, buffer = token_file.tokens.shape[-1], output == "-", io.BytesIO()
-    writer = (PcmWriter(click.get_binary_stream("stdout"), stream_format, codec.sample_rate) if to_stdout
-              else PcmWriter(buffer, "f32le", codec.sample_rate))
-    report = lambda done: click.echo(f"\rdecoded {done}/{columns} columns", err=True, nl=False)  # noqa: E731
-    decode_columns(codec.stream_decoder(lookahead_seconds=lookahead), token_file.tokens[0], writer,
-                   token_file.num_samples[0], push_columns, report)
+    written = decode_to_stream(
+        codec, tokens, click.get_binary_stream("stdout"), output_format=stream_format, push_columns=push_columns,
+        lookahead_seconds=lookahead,
+        progress=lambda done, total: click.echo(f"\rdecoded {done}/{total} columns", err=True, nl=False))
     click.echo("", err=True)
-    return None if to_stdout else np.frombuffer(buffer.getvalue(), dtype="<f4")[None]
+    return written

@@ -78,31 +78,3 @@ def read_pcm_blocks(stream: BinaryIO, fmt: str, channels: int = 1, block_frames:
         raise AudioInputError(f"the input ended inside a sample frame ({len(rest)} stray bytes of {frame}); "
                               f"is it really {fmt} with {channels} channel(s)?")
 
-
-def encode_blocks(stream_encoder, blocks, progress=None, progress_every: int = 44100) -> tuple[np.ndarray, int]:
-    """Push every audio block into ``stream_encoder`` and flush: ``(tokens int64 [rows, T'], samples)``;
-    ``progress(samples so far)`` each time another ``progress_every`` samples have been encoded."""
-    parts, samples = [], 0
-    for block in blocks:
-        parts.append(stream_encoder.push(block))
-        samples += len(block)
-        if progress is not None and samples // progress_every > (samples - len(block)) // progress_every:
-            progress(samples)
-    if not samples:
-        raise AudioInputError("the input held no audio; pipe raw PCM into standard input")
-    parts.append(stream_encoder.flush())
-    return np.concatenate(parts, axis=1), samples
-
-
-def decode_columns(stream_decoder, tokens: np.ndarray, writer: PcmWriter, num_samples: int, push_columns: int,
-                   progress=None) -> None:
-    """Push ``tokens [rows, T']`` into ``stream_decoder`` ``push_columns`` at a time, writing the audio
-    as it comes, trimmed to ``num_samples``; ``progress(columns pushed)`` after each push."""
-    def emit(audio):
-        writer.write(audio[:max(0, num_samples - writer.samples)])
-
-    for start in range(0, tokens.shape[1], push_columns):
-        emit(stream_decoder.push(tokens[:, start:start + push_columns]))
-        if progress is not None:
-            progress(min(start + push_columns, tokens.shape[1]))
-    emit(stream_decoder.flush())

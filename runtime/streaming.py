@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import AudioInputError, StreamClosedError, TokenInputError
+from .errors import AudioInputError, SettingsError, StreamClosedError, TokenInputError
 from .framing import check_tokens, decoded_length, padded_length, token_columns
 from .windowing import raised_cosine
 
@@ -87,7 +87,7 @@ class StreamSpec:
 
 def _samples(seconds: float, name: str, spec: StreamSpec) -> int:
     if not (isinstance(seconds, (int, float)) and seconds >= 0 and math.isfinite(seconds)):
-        raise ValueError(f"{name} must be a non-negative number of seconds, got {seconds!r}")
+        raise SettingsError(f"{name} must be a non-negative number of seconds, got {seconds!r}")
     return int(round(seconds * spec.sample_rate))
 
 
@@ -107,7 +107,7 @@ class _Stream:
         """Context + lookahead + fade (``span`` samples) must leave room for new columns in one call."""
         need = -(-span // self.spec.column) + 2
         if need > self.spec.max_columns:
-            raise ValueError(f"context, lookahead and fade need windows of {need} columns but this codec takes at "
+            raise SettingsError(f"context, lookahead and fade need windows of {need} columns but this codec takes at "
                              f"most {self.spec.max_columns} per call; choose shorter ones")
 
 
