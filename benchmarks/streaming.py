@@ -89,7 +89,7 @@ def run_stream(stream, pieces) -> tuple[list, list[float], float]:
 
 def measure(codec, op: str, clip, tokens, offline, lookahead: float, push: int, context: float,
             threads: int) -> dict:
-    column = codec.hop_length * 8
+    column = codec.hop_length * codec.compression
     if op == "encode":
         stream = codec.stream_encoder(lookahead_seconds=lookahead, context_seconds=context)
         pieces = [clip[i:i + push * column] for i in range(0, len(clip), push * column)]
