@@ -6,8 +6,8 @@ import sys
 import click
 import numpy as np
 
-from meltok_runtime.cli_support import (check_stream_output, decode_stdout, decoded_output_option, encode_stdin,
-                                        force_option, original_rate_option, progress_bar, report_rate, setup_logging,
+from meltok_runtime.cli_support import (check_stream_output, decode_source, decoded_output_option, encode_source,
+                                        force_option, original_rate_option, progress_bar, setup_logging,
                                         stdin_options, stream_options, subtype_option, user_errors, verbose_option)
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import read_tokens
@@ -70,14 +70,9 @@ def convert(stage1, stage2, output, trust_pickle, force):
 def encode(audio, model_path, output, device, force, input_format, rate, channels, lookahead):
     """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
     standard input as it arrives."""
-    from meltok_runtime.codec_files import encode_file
-
     with _open_codec(model_path, device) as codec, progress_bar("encoding") as progress:
-        if audio == "-":
-            written = encode_stdin(codec, output, input_format=input_format, rate=rate, channels=channels,
-                                   lookahead=lookahead, force=force)
-        else:
-            written = encode_file(codec, audio, output, force=force, progress=progress)
+        written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
+                                rate=rate, channels=channels, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / written.sample_rate:.2f} s)")
 
@@ -92,22 +87,15 @@ def encode(audio, model_path, output, device, force, input_format, rate, channel
 @force_option
 @stream_options
 @user_errors
-def decode(tokens, model_path, output, device, original_rate, subtype, force, stream, stream_format, push_columns,
-           lookahead):
+def decode(tokens, model_path, output, device, original_rate, subtype, force, **streaming):
     """Decode a token file to audio (at 44.1 kHz unless --original-rate), trimmed to the encoded length;
     --stream -o - writes it to standard output as it is decoded."""
-    from meltok_runtime.codec_files import decode_file
-
-    check_stream_output(output, stream)
+    check_stream_output(output, streaming["stream"])
     with _open_codec(model_path, device) as codec, progress_bar("decoding") as progress:
-        if stream:
-            decode_stdout(codec, tokens, stream_format=stream_format, push_columns=push_columns,
-                          lookahead=lookahead)
-            click.echo(f"wrote {output} at {codec.sample_rate} Hz", err=True)
-            return
-        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
-                              progress=progress)
-    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        written = decode_source(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                                progress=progress, **streaming)
+    if written is None:  # streamed to standard output
+        return
     click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz")
 
 

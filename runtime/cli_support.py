@@ -129,10 +129,15 @@ def check_stream_output(output, stream: bool) -> None:
                                "write a file)")
 
 
-def encode_stdin(codec, output, *, input_format: str, rate: int, channels: int, lookahead: float, force: bool):
-    """``encode -``: raw PCM from standard input -> ``output``, progress on stderr; returns the TokenFile."""
+def encode_source(codec, audio, output, *, force: bool, progress, input_format: str, rate: int, channels: int,
+                  lookahead: float):
+    """``encode AUDIO``: an audio file through ``codec_files.encode_file``, or for ``-`` raw PCM from
+    standard input through a stream, progress on stderr; returns the TokenFile written."""
+    from .codec_files import encode_file
     from .stream_files import encode_pcm_stream
 
+    if audio != "-":
+        return encode_file(codec, audio, output, force=force, progress=progress)
     written = encode_pcm_stream(
         codec, click.get_binary_stream("stdin"), output, input_format=input_format, rate=rate, channels=channels,
         lookahead_seconds=lookahead, force=force,
@@ -141,13 +146,22 @@ def encode_stdin(codec, output, *, input_format: str, rate: int, channels: int, 
     return written
 
 
-def decode_stdout(codec, tokens, *, stream_format: str, push_columns: int, lookahead: float):
-    """``decode --stream TOKENS -o -``: audio on standard output as it is decoded, progress on stderr."""
+def decode_source(codec, tokens, output, *, original_rate: bool, force: bool, subtype, progress, stream: bool,
+                  stream_format: str, push_columns: int, lookahead: float):
+    """``decode TOKENS -o OUT``: a file through ``codec_files.decode_file`` (returns what it wrote), or with
+    ``--stream`` audio on standard output as it is decoded, progress and a closing line on stderr (None).
+    The rate written is reported on stderr."""
+    from .codec_files import decode_file
     from .stream_files import decode_to_stream
 
+    if not stream:
+        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                              progress=progress)
+        report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        return written
     written = decode_to_stream(
         codec, tokens, click.get_binary_stream("stdout"), output_format=stream_format, push_columns=push_columns,
         lookahead_seconds=lookahead,
         progress=lambda done, total: click.echo(f"\rdecoded {done}/{total} columns", err=True, nl=False))
-    click.echo("", err=True)
-    return written
+    click.echo(f"\nwrote - ({written.num_samples[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz)", err=True)
+    return None
