@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from .backends import BACKEND_CHOICES
-from .cli_support import (CommandGroup, force_option, original_rate_option, progress_bar, report_rate,
-                          setup_logging, subtype_option, user_errors, verbose_option, version_option)
+from .cli_support import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
+                          force_option, original_rate_option, progress_bar, setup_logging, stdin_options,
+                          stream_options, subtype_option, user_errors, verbose_option, version_option)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -53,19 +54,20 @@ def main(verbose):
 
 
 @main.command()
-@click.argument("audio", type=click.Path())
+@click.argument("audio", type=click.Path(allow_dash=True))
 @bundle_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @backend_option
 @threads_option
 @force_option
+@stdin_options
 @user_errors
-def encode(audio, bundle, output, backend, threads, force):
-    """Encode an audio file (any format soundfile reads) to a token file."""
-    from .codec_files import encode_file
-
+def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
+    standard input as it arrives."""
     with _open_codec(bundle, backend, threads) as codec, progress_bar("encoding") as progress:
-        written = encode_file(codec, audio, output, force=force, progress=progress)
+        written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
+                                rate=rate, channels=channels, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / codec.sample_rate:.2f} s, backend {codec.backend})")
 
@@ -73,22 +75,24 @@ def encode(audio, bundle, output, backend, threads, force):
 @main.command()
 @click.argument("tokens", type=click.Path())
 @bundle_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
+@decoded_output_option
 @backend_option
 @threads_option
 @original_rate_option
 @subtype_option
 @force_option
+@stream_options
 @user_errors
-def decode(tokens, bundle, output, backend, threads, original_rate, subtype, force):
-    """Decode a token file to audio (at 44.1 kHz unless --original-rate), each item trimmed to its encoded length."""
-    from .codec_files import decode_file
-
+def decode(tokens, bundle, output, backend, threads, original_rate, subtype, force,
+           **streaming):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), each item trimmed to its encoded length;
+    --stream -o - writes it to standard output as it is decoded."""
+    check_stream_output(output, streaming["stream"])
     with _open_codec(bundle, backend, threads) as codec, progress_bar("decoding") as progress:
-        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
-                              progress=progress)
-    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        written = decode_source(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                                progress=progress, **streaming)
+    if written is None:  # streamed to standard output
+        return
     click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz "
                f"(backend {codec.backend})")
 

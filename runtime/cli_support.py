@@ -9,6 +9,8 @@ import click
 
 from . import __version__
 from .errors import MeltokError
+from .pcm_stream import INPUT_FORMATS, OUTPUT_FORMATS
+from .streaming import DEFAULT_LOOKAHEAD_SECONDS
 
 log = logging.getLogger("meltok_runtime")
 
@@ -140,3 +142,86 @@ def report_rate(rate: int, model_rate: int, recorded: int | None) -> None:
     else:
         note = "the model's rate"
     click.echo(f"writing {rate} Hz audio ({note})", err=True)
+
+
+# ----------------------------------------------------------------------------- streaming
+def _options(*options):
+    """One decorator applying ``options`` in order."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+_lookahead_option = click.option(
+    "--lookahead", type=click.FloatRange(min=0), default=DEFAULT_LOOKAHEAD_SECONDS, show_default=True,
+    help="Streaming lookahead in seconds (time-local models get at least what exactness needs).")
+
+stdin_options = _options(
+    click.option("--input-format", type=click.Choice(sorted(INPUT_FORMATS)), default="s16le", show_default=True,
+                 help="Raw PCM format of standard input (AUDIO = -)."),
+    click.option("--rate", type=click.IntRange(min=1), default=44100, show_default=True,
+                 help="Sample rate of standard input; must be the model's."),
+    click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Interleaved channels of standard input (mixed down)."),
+    _lookahead_option)
+
+stream_options = _options(
+    click.option("--stream", is_flag=True, help="Decode as a stream to standard output (-o -), as it is decoded."),
+    click.option("--format", "stream_format", type=click.Choice(OUTPUT_FORMATS), default="wav", show_default=True,
+                 help="With --stream: 16-bit WAV with an open-ended header, or raw PCM."),
+    click.option("--push-columns", type=click.IntRange(min=1), default=4, show_default=True,
+                 help="With --stream: token columns pushed at a time."),
+    _lookahead_option)
+
+
+decoded_output_option = click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+    help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg); - with --stream: standard output.")
+
+
+def check_stream_output(output, stream: bool) -> None:
+    """``-o -`` goes with ``--stream`` and ``--stream`` with ``-o -``."""
+    if (output == "-") != stream:
+        raise click.UsageError("--stream writes to standard output: pass both --stream and -o - (or neither, to "
+                               "write a file)")
+
+
+def encode_source(codec, audio, output, *, force: bool, progress, input_format: str, rate: int, channels: int,
+                  lookahead: float):
+    """``encode AUDIO``: an audio file through ``codec_files.encode_file``, or for ``-`` raw PCM from
+    standard input through a stream, progress on stderr; returns the TokenFile written."""
+    from .codec_files import encode_file
+    from .stream_files import encode_pcm_stream
+
+    if audio != "-":
+        return encode_file(codec, audio, output, force=force, progress=progress)
+    written = encode_pcm_stream(
+        codec, click.get_binary_stream("stdin"), output, input_format=input_format, rate=rate, channels=channels,
+        lookahead_seconds=lookahead, force=force,
+        progress=lambda seconds: click.echo(f"\rencoded {seconds:.0f} s", err=True, nl=False))
+    click.echo("", err=True)
+    return written
+
+
+def decode_source(codec, tokens, output, *, original_rate: bool, force: bool, subtype, progress, stream: bool,
+                  stream_format: str, push_columns: int, lookahead: float):
+    """``decode TOKENS -o OUT``: a file through ``codec_files.decode_file`` (returns what it wrote), or with
+    ``--stream`` audio on standard output as it is decoded, progress and a closing line on stderr (None).
+    The rate written is reported on stderr."""
+    from .codec_files import decode_file
+    from .stream_files import decode_to_stream
+
+    if not stream:
+        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                              progress=progress)
+        report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        return written
+    written = decode_to_stream(
+        codec, tokens, click.get_binary_stream("stdout"), output_format=stream_format, push_columns=push_columns,
+        lookahead_seconds=lookahead,
+        progress=lambda done, total: click.echo(f"\rdecoded {done}/{total} columns", err=True, nl=False))
+    click.echo(f"\nwrote - ({written.num_samples[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz)", err=True)
+    return None
