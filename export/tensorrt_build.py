@@ -4,9 +4,10 @@
 - A timing cache file reused across builds (``timing.cache`` in the bundle unless another path is given).
 - Precision: an ONNX whose trunk is float16 (``precision="fp16"`` export, with explicit ``Cast`` nodes) is
   built as a strongly typed network, the only kind TensorRT 11 builds. A float32 ONNX builds a float32
-  engine (TF32 off, so it reproduces the float32 graph); asked for fp16 on TensorRT 10, a float32 ONNX is
+  engine; asked for fp16 on TensorRT 10, a float32 ONNX is
   built weakly typed with ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the float32 islands
   (log-mel, VQ, head and ISTFT) pinned to float32; TensorRT 11 refuses that (export the fp16 graphs).
+- TF32 is off in every build: float32 layers compute in float32, as the ONNX graph says.
 - Engines are valid only for the GPU compute capability and TensorRT version that built them; both are
   recorded in the ``EngineEntry`` with the ONNX file's hash.
 
@@ -158,8 +159,9 @@ def build_engine(onnx_path, plan_path, profile: dict, *, precision: str, graph: 
     config = builder.create_builder_config()
     if workspace_gib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if not has_half and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # float32 layers stay float32 (not TF32), as in the ONNX graph
+    # TensorRT enables TF32 by default: the float32 islands (STFT, mel and VQ products, ISTFT) would then
+    # read 10-bit-mantissa operands on Ampere and later, which costs the fp16 engines their token floor.
+    config.clear_flag(trt.BuilderFlag.TF32)
     if weak_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

@@ -128,7 +128,9 @@ class OrtCudaBackend(OrtCpuBackend):
 
     def _providers(self, ort) -> list:
         _preload_cuda_libraries(ort)
-        return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        # use_tf32=0 (onnxruntime-gpu >= 1.18): float32 products and convolutions stay float32, so the tokens
+        # equal the CPU's; with TF32 (the provider's default) the float32 islands lose 13 mantissa bits.
+        return [("CUDAExecutionProvider", {"device_id": self.device_id, "use_tf32": 0}), "CPUExecutionProvider"]
 
     def _check_session(self, session) -> None:
         if session.get_providers()[:1] != ["CUDAExecutionProvider"]:
