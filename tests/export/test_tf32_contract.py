@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from meltok import MelTok
 from meltok.default_model import DEFAULT_MODEL
 from meltok_export.onnx_export import precision_variant
-from meltok_export.verify import FP16_TOKEN_FLOOR
+from meltok_export.contract import FP16_TOKEN_FLOOR
 from meltok_runtime.framing import padded_length
 
 from ..runtime.conftest import DATA

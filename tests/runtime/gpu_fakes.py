@@ -361,3 +361,117 @@ class FakeDriver:
     def cuGetErrorName(self, status, name):  # noqa: N802
         name._obj.value = self.NAMES[status]
         return 0
+
+
+# ---------------------------------------------------------------------------------- TensorRT builder
+NORMALIZATIONS = {"InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+
+
+def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse_ok: bool = True,
+                          cache_ok: bool = True) -> ModuleType:
+    """``fake_tensorrt`` plus the builder API. Enum values are TensorRT's own: TensorRT 10 has
+    ``STRONGLY_TYPED = 1`` (beside ``EXPLICIT_BATCH = 0``) and the weak-typing flags; TensorRT 11 keeps only
+    ``STRONGLY_TYPED = 0`` (deprecated: every network is strongly typed) and drops ``FP16`` and
+    ``OBEY_PRECISION_CONSTRAINTS``. A build returns a fake engine of the parsed ONNX file with the profile."""
+    import onnx
+
+    trt = fake_tensorrt(cudart, version)
+    ten = version.startswith("10.")
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if ten else {"STRONGLY_TYPED": 0})
+    flags = {"TF32": 6, "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14}
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", {**flags, **({"FP16": 0, "OBEY_PRECISION_CONSTRAINTS": 9} if ten
+                                                                else {})})
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+    trt.LayerType = enum.Enum("LayerType", ["NORMALIZATION", "OTHER"])
+    trt.float32, trt.float16 = trt.DataType.FLOAT, trt.DataType.HALF
+    log = trt.log = {"set": set(), "cleared": set(), "profiles": None, "cache_in": None}
+
+    class Layer:
+        def __init__(self, node):
+            self.name, self.precision, self.num_outputs = node.name, None, len(node.output)
+            self.type = trt.LayerType.NORMALIZATION if node.op_type in NORMALIZATIONS else trt.LayerType.OTHER
+            self.types = {i: trt.float16 for i in range(self.num_outputs)}
+
+        def get_output_type(self, index):
+            return self.types[index]
+
+        def set_output_type(self, index, dtype):
+            self.types[index] = dtype
+
+    class Network:
+        def __init__(self, flags):
+            log["network_flags"], self.layers, self.path = flags, [], None
+
+        @property
+        def num_layers(self):
+            return len(self.layers)
+
+        def get_layer(self, index):
+            return self.layers[index]
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network, self.num_errors = network, 0 if parse_ok else 1
+            log["network"] = network
+
+        def parse_from_file(self, path):
+            self.network.path = path
+            self.network.layers = [Layer(node) for node in onnx.load(path).graph.node]
+            return parse_ok
+
+        def get_error(self, index):
+            return "In node 3 (Foo): UNSUPPORTED_NODE"
+
+    class Cache:
+        def __init__(self, data):
+            self.data = bytes(data)
+
+        def serialize(self):
+            return self.data + b"+timing"
+
+    class Config:
+        def set_flag(self, flag):
+            log["set"].add(flag.name)
+
+        def clear_flag(self, flag):
+            log["cleared"].add(flag.name)
+
+        def set_memory_pool_limit(self, pool, size):
+            log["workspace"] = size
+
+        def add_optimization_profile(self, profile):
+            log["profiles"] = profile.shapes
+
+        def create_timing_cache(self, data):
+            log["cache_in"] = bytes(data)
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return cache_ok or not cache.data
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, low, opt, high):
+            self.shapes[name] = {"min": list(low), "opt": list(opt), "max": list(high)}
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        create_network = staticmethod(lambda flags: Network(flags))
+        create_builder_config = staticmethod(Config)
+        create_optimization_profile = staticmethod(Profile)
+
+        def build_serialized_network(self, network, config):
+            with open(network.path, "rb") as handle:
+                return engine_bytes(handle.read(), log["profiles"])
+
+    trt.Builder, trt.OnnxParser = Builder, Parser
+    return trt
