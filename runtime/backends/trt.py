@@ -24,7 +24,7 @@ import logging
 import numpy as np
 
 from ..errors import BackendError, BundleError, EngineMismatchError, InputSpecError, MissingDependencyError
-from ..manifest import EngineEntry, Manifest
+from ..manifest import GRAPH_NAMES, EngineEntry, Manifest
 from ..optional import import_optional
 from .base import Backend
 from .cuda import cuda_call, device_properties, import_cudart
@@ -51,10 +51,12 @@ def import_tensorrt():
                                      "machine with an NVIDIA GPU") from None
 
 
-def _no_engine(graph: str) -> str:
-    return (f"the bundle has no TensorRT engine for its {graph} graph; build one where TensorRT's builder is "
-            f"installed ({TRT_BUILD_INSTALL}) with `meltok-export MODEL -o BUNDLE --engine trt`, or use "
-            "--backend ort-cuda or ort-cpu")
+def _no_engine(graphs) -> str:
+    """Why the trt backend cannot run: no engine for ``graphs`` (in the runtime's order), and what to run."""
+    missing = " and ".join(name for name in GRAPH_NAMES if name in graphs)
+    return (f"the bundle has no TensorRT engine for its {missing} graph{'s' if ' and ' in missing else ''}; build "
+            f"them where TensorRT's builder is installed ({TRT_BUILD_INSTALL}) with `meltok-export MODEL -o BUNDLE "
+            "--engine trt --force`, or use --backend ort-cuda or ort-cpu")
 
 
 def _version(text: str) -> tuple:
@@ -80,7 +82,7 @@ def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compu
     """
     entries = [entry for entry in manifest.engines if entry.graph == graph]
     if not entries:
-        raise BackendError(_no_engine(graph))
+        raise BackendError(_no_engine([graph]))
     matching = [entry for entry in entries if entry.compute_capability == compute_capability
                 and _runs_with(entry, tensorrt_version)]
     if not matching:
@@ -136,9 +138,9 @@ class TrtBackend(Backend):
 
     @classmethod
     def check_available(cls, bundle, manifest) -> None:
-        for graph in manifest.graphs:
-            if not any(entry.graph == graph for entry in manifest.engines):
-                raise BackendError(_no_engine(graph))
+        missing = [graph for graph in manifest.graphs if not any(e.graph == graph for e in manifest.engines)]
+        if missing:
+            raise BackendError(_no_engine(missing))
         trt, lean = import_tensorrt()
         capability, _ = gpu_here(import_cudart(), cls.device)
         for graph in manifest.graphs:

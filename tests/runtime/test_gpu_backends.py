@@ -318,3 +318,14 @@ def test_tensorrt_failures_inside_a_run_are_backend_errors(gpu, bundle_copy, mon
         with pytest.raises(BackendError, match=match):
             decoder.run({"tokens": np.zeros((1, 12, 4), np.int32)})
         gpu.cudart.streams = {stream: [] for stream in gpu.cudart.streams}  # the input copies never ran
+
+
+def test_no_engine_names_both_graphs_in_order_and_the_install_command(tiny_bundle):
+    from meltok_runtime import Codec
+
+    with pytest.raises(BackendError) as caught:
+        Codec.open(tiny_bundle, backend="trt")
+    message = str(caught.value)
+    assert "no TensorRT engine for its encoder and decoder graphs" in message
+    assert "pip install -e '.[trt-build]' --extra-index-url https://pypi.nvidia.com" in message
+    assert "meltok[trt]" not in message
