@@ -43,10 +43,14 @@ def stdout_to_stderr():
     """Within the block, file descriptor 1 writes to stderr: text that ONNX Runtime's native code prints
     while it loads providers can never mix into a command's stdout (``meltok-rt info`` prints JSON there)."""
     with _stdout_lock:
-        sys.stdout.flush()
-        saved = os.dup(1)
         try:
+            sys.stdout.flush()
+            saved = os.dup(1)
             os.dup2(2, 1)
+        except (OSError, ValueError):  # no file descriptors 1/2 (an embedding host): nothing to protect
+            yield
+            return
+        try:
             yield
         finally:
             sys.stdout.flush()
