@@ -6,7 +6,10 @@
 # 1. an arm64 Debian 12 root from Debian's packages (debootstrap --foreign: the packages are unpacked,
 #    no arm64 code runs at build time, so no binfmt_misc registration is needed);
 # 2. aarch64 wheels from PyPI for the runtime and its tests (numpy, onnxruntime, soundfile, soxr, click, pytest),
-#    installed into the root by the host's pip (--platform, --only-binary);
+#    installed into the root by the host's pip (--platform, --only-binary). onnxruntime is pinned to
+#    ORT_VERSION (default 1.22.0): the 1.32.0 aarch64 wheel dies with SIGSEGV on import under Debian 12's
+#    qemu-user 7.2 (with QEMU_CPU max, cortex-a72 or neoverse-n1 alike), 1.22.0 and 1.19.2 import; whether
+#    1.32 runs on real Arm hardware was not checked here;
 # 3. the runtime's tests that need no PyTorch, then the README's main job with the shipped bundle
 #    (meltok-rt encode tests/data/music.flac, decode), every process an arm64 python3.11 under
 #    qemu-aarch64-static -L ROOT. Tests that export bundles need PyTorch and are not run; tests that start
@@ -16,17 +19,20 @@ WORK=${1:-/tmp/meltok-arm64}
 ROOTFS=$WORK/rootfs
 SITE=$ROOTFS/opt/meltok-site
 REPO=$(pwd)
+ORT_VERSION=${ORT_VERSION:-1.22.0}
 command -v qemu-aarch64-static >/dev/null || { echo "needs qemu-aarch64-static: apt-get install qemu-user-static"; exit 1; }
 command -v debootstrap >/dev/null || apt-get install -y debootstrap
-if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
+if [ ! -d "$ROOTFS/debootstrap" ] && [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
     debootstrap --arch=arm64 --foreign --variant=minbase --include=python3.11,libpython3.11-stdlib,libffi8,libssl3,zlib1g \
         bookworm "$ROOTFS" http://deb.debian.org/debian
+fi
+if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then  # unpack every downloaded package (no arm64 maintainer scripts run)
     for deb in "$ROOTFS"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOTFS"; done
 fi
 mkdir -p "$SITE"
 python3 -m pip install --quiet --target "$SITE" --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 \
     --platform manylinux_2_17_aarch64 --implementation cp --python-version 3.11 --only-binary=:all: --upgrade \
-    "numpy>=1.24" "onnxruntime>=1.17" "soundfile>=0.12" "soxr>=0.3" "click>=8.1" "pytest>=7" "hypothesis>=6"
+    "numpy>=1.24" "onnxruntime==$ORT_VERSION" "soundfile>=0.12" "soxr>=0.3" "click>=8.1" "pytest>=7" "hypothesis>=6"
 ln -sfn "$REPO/runtime" "$SITE/meltok_runtime"   # the source tree's runtime package, by its import name
 PY="qemu-aarch64-static -L $ROOTFS $ROOTFS/usr/bin/python3.11"
 export PYTHONPATH="$SITE" PYTHONDONTWRITEBYTECODE=1
