@@ -39,9 +39,11 @@ export PYTHONPATH="$SITE" PYTHONDONTWRITEBYTECODE=1
 echo "== machine as Python sees it"
 $PY -c "import platform, numpy, onnxruntime; print(platform.machine(), 'numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__)"
 echo "== runtime tests that need no PyTorch"
-$PY -m pytest -q -p no:cacheprovider --rootdir "$REPO" --confcutdir "$REPO/tests/runtime" \
+# Deselected: the one test of these files that exports a bundle with PyTorch, and the Hypothesis fuzz test,
+# whose input generation trips Hypothesis's too_slow health check under emulation.
+$PY -m pytest -q -p no:cacheprovider --rootdir "$REPO" \
     tests/runtime/test_tokenfile.py tests/runtime/test_windowing.py tests/runtime/test_audio.py \
-    -k "not subprocess and not cli" || echo "(some tests failed: see above)"
+    tests/runtime/test_melfilters.py -k "not end_to_end_windowed_vs_whole and not fuzz" || echo "(some tests failed: see above)"
 echo "== the README's main job with the shipped bundle"
 OUT=$WORK/out; rm -rf "$OUT"; mkdir -p "$OUT"
 RT="from meltok_runtime.cli import main; main()"
