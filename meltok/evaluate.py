@@ -28,7 +28,7 @@ import numpy as np
 
 from meltok_runtime.atomic import atomic_output
 from meltok_runtime.cli_support import user_errors
-from meltok_runtime.errors import AudioInputError, BundleError, MeltokError, ModelFileError
+from meltok_runtime.errors import AudioInputError, MeltokError
 
 from . import metrics
 
@@ -213,22 +213,11 @@ def open_codec(codec_like, *, device: str = "cpu"):
                             "(MelTok, meltok_runtime.Codec), a model file or a bundle folder")
         yield codec_like
         return
-    path = Path(codec_like)
-    if path.is_dir():
-        if not (path / "manifest.json").is_file():
-            raise BundleError(f"{str(path)!r} has no manifest.json; expected an export bundle folder "
-                              "(from meltok-export) or a .safetensors model file")
-        from meltok_runtime import Codec
-
-        with Codec.open(path) as codec:
-            yield codec
-        return
-    if not path.is_file():
-        raise ModelFileError(f"model {str(path)!r} does not exist; expected a .safetensors model file or a "
-                             "bundle folder")
     from .codec import MelTok
+    from .loaders import open_codec as open_model
 
-    yield MelTok.load(path, device=device).eval()
+    with open_model(MelTok, codec_like, device=device) as codec:
+        yield codec
 
 
 def _describe(codec_like) -> str:

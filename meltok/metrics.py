@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from meltok_runtime.errors import AudioInputError, MeltokError
+from meltok_runtime.errors import AudioInputError, MetricUnavailable
 
 SAMPLE_RATE = 44100
 
@@ -43,10 +43,6 @@ DAC_N_MELS = (5, 10, 20, 40, 80, 160, 320)
 MRSTFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 LSD_N_FFT = 2048
 LSD_HOP = 512
-
-
-class MetricUnavailable(MeltokError, RuntimeError):
-    """An optional metric whose package (or model file) is missing here; the message says why."""
 
 
 # ------------------------------------------------------------------ inputs

@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from meltok.checkpoints import weights_hash
+    from meltok.modelfile import weights_hash
 
     cuda = cuda_available()
     machine = cost.machine_description(args.threads)

@@ -44,10 +44,9 @@ def _torch_runner(spec: dict):
     import torch
 
     from meltok import MelTok
-    from meltok.checkpoints import weights_hash
+    from meltok.modelfile import weights_hash
     from meltok_runtime.framing import padded_length, token_columns
-    from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, count_windows,
-                                          seconds_to_columns)
+    from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, count_windows
 
     backend = BACKENDS[spec["backend"]]
     torch.set_num_threads(spec["threads"])
@@ -73,14 +72,11 @@ def _torch_runner(spec: dict):
     def context():
         return torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
 
+    windows = model.window_layout(spec.get("window_seconds") or DEFAULT_WINDOW_SECONDS, DEFAULT_CONTEXT_SECONDS)
+
     def calls(columns: int) -> int:
-        """Graph calls per item: the windows of MelTok's own plan (API mode), else one."""
-        if spec["mode"] != "api":
-            return 1
-        def to_columns(seconds):
-            return seconds_to_columns(seconds, SAMPLE_RATE, hop, compression)
-        window_columns = max(1, to_columns(spec.get("window_seconds") or DEFAULT_WINDOW_SECONDS))
-        return count_windows(columns, window_columns, to_columns(DEFAULT_CONTEXT_SECONDS))
+        """Graph calls for the batch: MelTok's own window plan (API mode), else one."""
+        return model._chunks(spec["batch"]) * count_windows(columns, *windows) if spec["mode"] == "api" else 1
 
     if spec["mode"] == "api":
         def encode(audio):

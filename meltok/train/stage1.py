@@ -136,7 +136,7 @@ class Stage1(Stage):
             recon, target, vq_loss, tokens, _ = net(audio)
         scale = self.model.config.frontend.mel_scale
         floor = float(torch.log(torch.tensor(self.model.config.frontend.log_floor)))
-        mel_hat = torch.clamp(recon.float() * scale, min=floor)  # what decode_mel returns
+        mel_hat = torch.clamp(recon.float() * scale, min=floor)  # what decode_features returns
         scalars = {"val/mel_l1": F.l1_loss(mel_hat, target.float() * scale), "val/vq": vq_loss.float()}
         if self.perceptual is not None:
             scalars["val/perceptual"] = self.perceptual(recon.float(), target.float())
