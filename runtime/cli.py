@@ -5,14 +5,15 @@ A thin layer over ``meltok_runtime``: token files are the ones ``meltok encode``
 """
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from .backends import BACKEND_CHOICES
-from .cli_support import (force_option, original_rate_option, progress_bar, report_rate, setup_logging,
-                          subtype_option, user_errors, verbose_option)
+from .cli_support import (CommandGroup, force_option, original_rate_option, progress_bar, report_rate,
+                          setup_logging, subtype_option, user_errors, verbose_option, version_option)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -23,19 +24,29 @@ backend_option = click.option(
     "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
     help="Inference backend; auto tries trt, then ort-cuda, then ort-cpu.")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="CPU threads per graph (default: all cores).")
+                              help="CPU threads per graph (default and most: the cores this process may use).")
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _open_codec(bundle, backend, threads):
     from .codec import Codec
 
+    cores = _usable_cores()
+    if threads is not None and threads > cores:  # oversubscribed threads run many times slower
+        log.warning("--threads %d is more than the %d CPU core(s) this process may use: using %d", threads, cores,
+                    cores)
+        threads = cores
     codec = Codec.open(bundle, backend=backend, threads=threads)
     log.info("using backend %s", codec.backend)
     return codec
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 @verbose_option
+@version_option
 def main(verbose):
     """MelTok runtime: 44.1 kHz audio <-> tokens with an exported bundle (ONNX Runtime or TensorRT)."""
     setup_logging(verbose)
@@ -83,18 +94,22 @@ def decode(tokens, bundle, output, backend, threads, original_rate, subtype, for
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False), required=False)
+@click.argument("path", metavar="[BUNDLE | TOKENS]", type=click.Path(), required=False)
 @backend_option
 @threads_option
 @user_errors
-def info(bundle, backend, threads):
-    """Describe a bundle (default: the shipped one) and the backends that can run it here."""
+def info(path, backend, threads):
+    """Describe a token file, or a bundle (default: the shipped one) and the backends that can run it here."""
     from .backends import availability
     from .codec import default_bundle
     from .errors import MeltokError
     from .manifest import load_manifest
+    from .tokenfile import read_tokens
 
-    path = Path(bundle) if bundle is not None else default_bundle()
+    if path is not None and Path(path).is_file():
+        click.echo(json.dumps(read_tokens(path).describe(), indent=2))
+        return
+    path = Path(path) if path is not None else default_bundle()
     manifest = load_manifest(path, verify_files=False)  # opening the codec below hashes each graph once
     report = {
         "bundle": str(path), "model_id": manifest.model_id, "model_name": manifest.model_name,

@@ -1,17 +1,16 @@
-"""Shared test fixtures: the reference data in the workspace's shared folder."""
+"""Shared test fixtures: the official-format reference fixture and the real audio clips in ``tests/data``."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-OFFICIAL_TINY_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "official-tiny"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+OFFICIAL_TINY_DIR = DATA_DIR / "official-tiny"
 
 
 @pytest.fixture(scope="session")
 def official_tiny_dir() -> Path:
-    """Folder of the official-format reference fixture (checkpoints and ``io.npz``)."""
-    if not OFFICIAL_TINY_DIR.is_dir():
-        pytest.skip(f"reference fixture folder {OFFICIAL_TINY_DIR.resolve()} is missing")
+    """Folder of the official-format reference fixture (checkpoints and ``io.npz``; see its PROVENANCE.md)."""
     return OFFICIAL_TINY_DIR
 
 
@@ -22,7 +21,6 @@ def golden_io(official_tiny_dir) -> dict:
         return dict(data)
 
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 REAL_CLIPS = {"music": "music.flac", "speech": "speech.flac", "effects": "effects.flac",
               "music48k": "music48k.flac", "long_music": "long_music.ogg"}
 

@@ -69,3 +69,12 @@ def test_runtime_messages_name_the_extras_that_exist(metadata):
                                                           trt.TRT_BUILD_INSTALL])))
     assert named == {"cpu", "gpu", "trt", "trt-build"} and named <= set(extras)
     assert "pypi.nvidia.com" in trt.TRT_BUILD_INSTALL and "meltok[" not in trt.TRT_RUNTIME_INSTALL
+
+
+def test_readme_commands_install_an_onnx_runtime(metadata):
+    """The README's main job runs meltok-rt, so its install command must name an extra with ONNX Runtime."""
+    _, extras = metadata
+    first = next(line for line in (ROOT / "README.md").read_text().splitlines() if "meltok-rt encode" in line)
+    installed = re.search(r"pip install -e '\.\[([a-z,-]+)\]'", first)
+    assert installed, first
+    assert any("onnxruntime" in extras[name] for name in installed.group(1).split(","))
