@@ -87,6 +87,9 @@ def test_fp16_tokens_need_tf32_off(which):
     reference, half = _tokens(model, clips), precision_variant(model, "fp16")
     without = np.mean(_tokens(half, clips) == reference)
     with_tf32 = np.mean(_tokens(half, clips, emulate=True) == reference)
+    print(f"{which}: fp16 token agreement {without:.4f} with TF32 off, {with_tf32:.4f} with TF32 emulated")
     assert without >= FP16_TOKEN_FLOOR > with_tf32, (without, with_tf32)
     if which == "tiny":  # the float32 graph with TF32 (ort-cuda's default) drifts as far from the CPU's tokens
-        assert np.mean(_tokens(model, clips, emulate=True) == reference) < FP16_TOKEN_FLOOR
+        fp32_tf32 = np.mean(_tokens(model, clips, emulate=True) == reference)
+        print(f"{which}: fp32 token agreement {fp32_tf32:.4f} with TF32 emulated")
+        assert fp32_tf32 < FP16_TOKEN_FLOOR
