@@ -1,14 +1,20 @@
 """Export bundles: ONNX graphs (+ TensorRT engines), verified, with a manifest, written atomically.
 
+The one place that orchestrates an export: fp32/fp16 graphs traced from torch, int8 graphs quantized
+from the fp32 ones, verification on the runtime's backends, TensorRT engines and their verification.
 A bundle is written into a temporary folder beside ``out`` and renamed onto ``out`` only when every
-step passed: export, TensorRT operator check, verification against the PyTorch model, engine build
-and engine verification. Any failure (or an interrupt) leaves neither a bundle nor a temporary folder.
+step passed; any failure (or an interrupt) leaves neither a bundle nor a temporary folder. ``out`` must
+be new, or a previous bundle replaced on request (``force``): a folder holding anything else is refused
+before any work, as is the current folder or one that cannot be written.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import os
 import platform
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -16,20 +22,50 @@ import torch
 
 from meltok.receptive_field import stream_contract
 from meltok_runtime.atomic import atomic_directory
-from meltok_runtime.errors import MeltokError
+from meltok_runtime.backends.ort import import_onnxruntime
 from meltok_runtime.framing import padded_length, token_columns
-from meltok_runtime.manifest import Manifest
+from meltok_runtime.manifest import MANIFEST_NAME, Manifest
 
-from .onnx_export import GRAPH_FILES, OPSET, PRECISIONS, export_onnx, model_sha256
+from .contract import OPSET, PRECISIONS
+from .errors import ExportDestinationError, ExportOptionError
+from .onnx_export import export_onnx, model_sha256
+from .quantize import quantize_graphs
+from .tensorrt_build import build_engines, default_profile_seconds, require_tensorrt, tensorrt_version
 from .verify import require_passed, tolerance_record, verify_engines, verify_graphs
 
 log = logging.getLogger("meltok_export")
 
 ENGINES = ("onnx", "trt")
+ONNX_LIMIT_SECONDS = (30.0, 10.0)  # max/opt recorded for ONNX-only bundles (their graphs take any length)
+BUNDLE_SUFFIXES = (".onnx", ".plan", ".cache")  # what a previous bundle holds besides its manifest
 
 
-class ExportOptionError(MeltokError, ValueError):
-    """Export options out of range (engine, precision, limits)."""
+def check_destination(out, *, force: bool = False) -> Path:
+    """``out`` as a Path if a bundle may be written there; ExportDestinationError otherwise (before any work)."""
+    out = Path(out)
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ExportDestinationError(f"-o {str(out)!r} is the current folder (or holds it); a bundle replaces its "
+                                     "folder as a whole: give a new folder name, e.g. -o bundle")
+    if out.exists() and not out.is_dir():
+        raise ExportDestinationError(f"{str(out)!r} is a file; give a folder name for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        others = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME and p.suffix not in BUNDLE_SUFFIXES)
+        if others or not (out / MANIFEST_NAME).is_file():
+            raise ExportDestinationError(f"{str(out)!r} already holds files that are not a bundle ({', '.join(others[:3]) or 'no manifest.json'}"
+                                         f"{', ...' if len(others) > 3 else ''}); exporting would delete them: "
+                                         "give a new folder name")
+        if not force:
+            raise ExportDestinationError(f"{str(out)!r} holds a bundle already; pass --force to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportDestinationError(f"the folder {str(parent)!r} does not exist; create it first or choose another path")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as error:
+        raise ExportDestinationError(f"cannot write into {str(parent)!r} ({os.strerror(error.errno or 0) or error}); "
+                                     "choose a writable folder") from None
+    return out
 
 
 def _check_options(engine: str, precision: str, max_seconds: float, opt_seconds: float, max_batch: int) -> None:
@@ -57,12 +93,8 @@ def tool_versions(engine: str = "onnx") -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     if "onnxruntime" not in versions:  # the GPU wheel installs the same module under another name
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
+        versions["onnxruntime"] = import_onnxruntime().__version__
     if engine == "trt":
-        from .tensorrt_build import tensorrt_version
-
         versions["tensorrt"] = tensorrt_version()
     return versions
 
@@ -73,70 +105,70 @@ def bundle_limits(model, *, max_batch: int, max_seconds: float, opt_seconds: flo
     max_samples = padded_length(int(max_seconds * rate), hop, compression)
     return {"max_batch": int(max_batch), "max_seconds": float(max_seconds), "opt_seconds": float(opt_seconds),
             "min_samples": padded_length(1, hop, compression), "max_samples": max_samples,
+            "opt_samples": padded_length(int(opt_seconds * rate), hop, compression),
             "max_columns": token_columns(max_samples, hop, compression)}
 
 
-def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float = 30.0,
-                  opt_seconds: float = 10.0, max_batch: int = 16, opset: int = OPSET,
-                  verify_seconds: float = 6.0, timing_cache=None) -> Manifest:
+def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: int = OPSET, engine: str = "onnx",
+                   digest: str | None = None) -> Manifest:
+    """The manifest of a bundle whose ``graphs`` are written, before verification adds its figures."""
+    config = model.config
+    return Manifest(model_id=model.model_id, model_name=config.name, model_sha256=digest or model_sha256(model),
+                    sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
+                    token_rows=model.token_rows, codebook_size=model.codebook_size,
+                    compression=config.tokenizer.compression, opset=opset, graphs=graphs, limits=limits or {},
+                    versions=tool_versions(engine), streaming=stream_contract(config))
+
+
+def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float | None = None,
+                  opt_seconds: float | None = None, max_batch: int = 16, opset: int = OPSET,
+                  verify_seconds: float = 6.0, timing_cache=None, version_compatible: bool = False,
+                  force: bool = False) -> Manifest:
     """Export ``model`` (a ``meltok.MelTok``) to the bundle folder ``out``; returns its manifest.
 
-    ``engine="trt"`` also builds TensorRT engines (fails fast with BackendError where TensorRT is not
-    installed). ``precision="int8"``: ONNX Runtime CPU graphs, quantized from the float32 ones
-    (``meltok_export.quantize``); the manifest's ``tolerances["int8"]`` says how, and
-    ``tolerances["tensorrt_ops"]`` why the TensorRT operator check does not apply to them. Raises
-    VerificationError (a BundleError) when the graphs or engines do not reproduce the model; nothing is
-    left behind then.
+    ``engine="trt"`` also builds TensorRT engines (fails fast with MissingDependencyError where TensorRT's
+    builder is not installed), sized by ``max_seconds``/``opt_seconds``/``max_batch`` (defaults: the
+    runtime's window, ``meltok_export.tensorrt_build.default_profile_seconds``; ONNX-only bundles record
+    ``ONNX_LIMIT_SECONDS``); ``version_compatible``
+    engines also run on TensorRT's lean runtime. ``precision="int8"``: ONNX Runtime CPU graphs, quantized
+    from the float32 ones (``meltok_export.quantize``). ``force`` replaces a previous bundle at ``out``.
+    Raises VerificationError (a BundleError) when the graphs or engines do not reproduce the model;
+    nothing is left behind then.
     """
+    default_max, default_opt = default_profile_seconds(model) if engine == "trt" else ONNX_LIMIT_SECONDS
+    max_seconds = default_max if max_seconds is None else max_seconds
+    opt_seconds = min(default_opt, max_seconds) if opt_seconds is None else opt_seconds
     _check_options(engine, precision, max_seconds, opt_seconds, max_batch)
+    if version_compatible and engine != "trt":
+        raise ExportOptionError("--version-compatible applies to TensorRT engines: add --engine trt")
+    out = check_destination(out, force=force)
     if engine == "trt":
-        from .tensorrt_build import require_tensorrt
-
         require_tensorrt()
     if model.training or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).cpu().float().eval()  # export and verify a float32 CPU copy
     digest = model_sha256(model)
     limits = bundle_limits(model, max_batch=max_batch, max_seconds=max_seconds, opt_seconds=opt_seconds)
-    out = Path(out)
     with atomic_directory(out) as folder:
+        graphs = export_onnx(model, folder, precision="fp32" if precision == "int8" else precision, opset=opset)
         quantization = None
         if precision == "int8":  # the float32 graphs (TensorRT-checked), quantized in place
-            from .quantize import quantize_graphs
-
-            export_onnx(model, folder, precision="fp32", opset=opset)
             graphs, quantization = quantize_graphs(folder, model)
-        else:
-            graphs = export_onnx(model, folder, precision=precision, opset=opset)
-        log.info("verifying the graphs with ONNX Runtime against the PyTorch model")
-        report = verify_graphs(model, folder, precision, max_seconds=verify_seconds)
+        manifest = draft_manifest(model, graphs, limits=limits, opset=opset, engine=engine, digest=digest)
+        log.info("verifying the graphs on the runtime's backends against the PyTorch model")
+        report = verify_graphs(model, folder, manifest, max_seconds=verify_seconds)
         require_passed(report, "the exported graphs")
-        engines = ()
         if engine == "trt":
-            engines = _build_engines(model, folder, precision, limits, timing_cache)
+            engines = build_engines(model, folder, precision, limits, timing_cache=timing_cache,
+                                    version_compatible=version_compatible)
+            manifest = dataclasses.replace(manifest, engines=engines)
             log.info("verifying the TensorRT engines against the PyTorch model")
-            report["tensorrt"] = verify_engines(model, folder, engines, precision, max_seconds=verify_seconds)
+            report["tensorrt"] = verify_engines(model, folder, manifest, max_seconds=verify_seconds)
             require_passed(report, "the TensorRT engines")
-        config = model.config
         tolerances = tolerance_record(report)
         if quantization is not None:
             tolerances["tensorrt_ops"] = quantization.pop("tensorrt_ops")
             tolerances["int8"] = quantization
-        manifest = Manifest(
-            model_id=model.model_id, model_name=config.name, model_sha256=digest,
-            sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
-            token_rows=model.token_rows, codebook_size=model.codebook_size,
-            compression=config.tokenizer.compression, opset=opset, graphs=graphs, engines=engines,
-            limits=limits, tolerances=tolerances, versions=tool_versions(engine), streaming=stream_contract(config))
+        manifest = dataclasses.replace(manifest, tolerances=tolerances)
         manifest.write(folder)
     log.info("wrote bundle %s", out)
     return manifest
-
-
-def _build_engines(model, folder: Path, precision: str, limits: dict, timing_cache) -> tuple:
-    from .tensorrt_build import build_engine, profile_shapes
-
-    profiles = profile_shapes(model, max_batch=limits["max_batch"], max_seconds=limits["max_seconds"],
-                              opt_seconds=limits["opt_seconds"])
-    return tuple(build_engine(folder / file, folder / f"{name}.plan", profiles[name], precision=precision,
-                              graph=name, timing_cache=timing_cache)
-                 for name, file in GRAPH_FILES.items())

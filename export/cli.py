@@ -1,7 +1,7 @@
 """``meltok-export`` command line: a thin layer over ``export_bundle`` and ``verify_bundle``.
 
     meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16|int8] [--max-seconds S]
-                  [--opt-seconds S] [--max-batch B]
+                  [--opt-seconds S] [--max-batch B] [--version-compatible] [--timing-cache PATH] [--force]
     meltok-export verify BUNDLE -m MODEL
 """
 import json
@@ -49,30 +49,40 @@ def _load_model(path):
 
 @main.command("export")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write (replaced if present).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Bundle folder to write: a new folder, or a previous bundle with --force.")
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
-              help="trt also builds TensorRT engines (needs TensorRT and an NVIDIA GPU).")
+              help="trt also builds TensorRT engines (needs TensorRT's builder and an NVIDIA GPU).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head); int8: the trunk "
                    "quantized for ONNX Runtime on the CPU (calibrated on real audio), the same float32 islands.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Longest input (per window) the engines accept.")
-@click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Input length the engines are tuned for.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Longest input per call the engines accept [default: one runtime window, about 12 s].")
+@click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Input length the engines are tuned for [default: one runtime window].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Largest batch the engines accept.")
+@click.option("--version-compatible", is_flag=True,
+              help="TensorRT engines that also run on later TensorRT 10.x/11.x releases and on the lean runtime "
+                   "(`pip install -e '.[trt]'`), at some speed cost.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
+@click.option("--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
-def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch):
+def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
+           timing_cache, force):
     """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
-    from .bundle import export_bundle
+    from .bundle import check_destination, export_bundle
 
+    check_destination(output, force=force)  # before loading anything
     if engine == "trt":
         from .tensorrt_build import require_tensorrt
 
-        require_tensorrt()  # before loading anything
+        require_tensorrt()
     model = _load_model(model_path)
     manifest = export_bundle(model, output, engine=engine, precision=precision, max_seconds=max_seconds,
-                             opt_seconds=opt_seconds, max_batch=max_batch)
+                             opt_seconds=opt_seconds, max_batch=max_batch, version_compatible=version_compatible,
+                             timing_cache=timing_cache, force=force)
     figures = manifest.tolerances["onnxruntime"]
     click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
                f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "
@@ -98,9 +108,10 @@ def verify(bundle, model_path, as_json):
                f"{report['token_agreement']:.2%}, waveform SNR {report['waveform_snr_db']:.1f} dB, "
                f"mel error {report['mel_mean_error']:.2g}"
                + (f", mel distance {report['mel_distance']:.3f}" if report.get("mel_distance") is not None else ""))
-    trt = report.get("tensorrt", {})
-    if "skipped" in trt:
-        click.echo(f"TensorRT: not verified ({trt['skipped']})")
-    elif trt:
-        click.echo(f"TensorRT: passed ({trt['backend']}): token agreement {trt['token_agreement']:.2%}, "
-                   f"waveform SNR {trt['waveform_snr_db']:.1f} dB")
+    for part, label in (("ort_cuda", "ONNX Runtime CUDA"), ("tensorrt", "TensorRT")):
+        gpu = report.get(part, {})
+        if "skipped" in gpu:
+            click.echo(f"{label}: not verified ({gpu['skipped']})")
+        elif gpu:
+            click.echo(f"{label}: passed: token agreement {gpu['token_agreement']:.2%} (with ort-cpu "
+                       f"{gpu['vs_onnxruntime']['token_agreement']:.2%}), waveform SNR {gpu['waveform_snr_db']:.1f} dB")

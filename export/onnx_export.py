@@ -1,25 +1,19 @@
-"""MelTok -> two ONNX graphs (``encoder.onnx``, ``decoder.onnx``): the export contract in one place.
+"""MelTok -> two ONNX graphs (``encoder.onnx``, ``decoder.onnx``) that hold the export contract.
 
-Contract (the runtime relies on it):
-
-- encoder: ``audio`` float32 ``[batch, samples]`` (already padded by the caller) -> ``tokens`` int32
-  ``[batch, rows, columns]``;
-- decoder: ``tokens`` int32 ``[batch, rows, columns]`` -> ``audio`` float32 ``[batch, out_samples]`` with
-  ``out_samples = (compression * columns - 1) * hop``.
-
-Batch and length are dynamic; opset 17; simplified with onnxsim; self-describing ``metadata_props``.
+The contract (names, dtypes, dynamic axes, opset) is declared in ``meltok_export.contract``; this module
+traces the model into it, simplifies with onnxsim, checks the result against the contract and TensorRT's
+operator list, and writes self-describing ``metadata_props``.
 
 Precision ``fp16`` runs the convolution trunk (2D encoder/decoder, quant/post-quant convs, vocoder
-backbone) in float16 and keeps float32 islands: the log-mel front end, the VQ distance/argmin and the
-codebook lookup, the head's Linear, ``exp``/clip, cos/sin and the ISTFT with its window normalisation,
-and every GroupNorm/LayerNorm (their statistics overflow or lose precision in float16; TensorRT warns
-about exactly this); attention scales ``q`` before ``q.k`` so that its float16 logits cannot overflow
-(``Float16Attention``). The variant is built in torch, so the ONNX file carries explicit ``Cast`` nodes
-at every island boundary: what a strongly typed TensorRT network needs.
+backbone) in float16, with every GroupNorm/LayerNorm in float32 (their statistics overflow or lose
+precision in float16; TensorRT warns about exactly this), and leaves the rest of ``MelTok`` in float32:
+the float32 islands of ``meltok_export.islands`` (log-mel, VQ, head and ISTFT), which every fp16 graph is
+checked against. Attention scales ``q`` before ``q.k`` so that its float16 logits cannot overflow
+(``Float16Attention``). The ONNX file carries explicit ``Cast`` nodes at every boundary: what a strongly
+typed TensorRT network needs.
 
-Precision ``int8`` is not built in torch: the float32 graphs are exported, then quantized by ONNX Runtime
-(QDQ, calibrated on real audio) with the same float32 islands; see ``meltok_export.quantize``. Int8 graphs
-are for ONNX Runtime on the CPU.
+Int8 graphs are not built in torch: the bundle writer quantizes the float32 graphs
+(``meltok_export.quantize``).
 """
 from __future__ import annotations
 
@@ -32,25 +26,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from meltok_runtime.errors import BundleError
-from meltok_runtime.manifest import BUNDLE_FORMAT_VERSION, GraphEntry, TensorSpec, file_sha256
+from meltok_runtime.manifest import BUNDLE_FORMAT_VERSION, GraphEntry, file_sha256
+
+from . import __version__
+from .contract import GRAPH_FILES, OPSET, check_graph_io, dynamic_axes, graph_specs
+from .dependencies import import_onnx, import_onnxsim
+from .errors import ContractError, ExportOptionError
+from .islands import island_violations
+from .op_support import ensure_tensorrt_ops
 
 log = logging.getLogger("meltok_export")
-
-OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
-GRAPH_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
-
-
-def graph_specs(model) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
-    """Input and output specs of both graphs (names, dtypes, shapes with named dynamic axes)."""
-    rows = model.token_rows
-    return {
-        "encoder": ((TensorSpec("audio", "float32", ("batch", "samples")),),
-                    (TensorSpec("tokens", "int32", ("batch", rows, "columns")),)),
-        "decoder": ((TensorSpec("tokens", "int32", ("batch", rows, "columns")),),
-                    (TensorSpec("audio", "float32", ("batch", "out_samples")),)),
-    }
+TRACED_PRECISIONS = ("fp32", "fp16")
 
 
 class EncoderGraph(nn.Module):
@@ -132,11 +118,9 @@ def precision_variant(model, precision: str):
     ``fp32`` returns a float32 copy. ``fp16`` wraps the trunk modules in float16 islands whose
     outputs the float32 stages of ``MelTok`` (log-mel, VQ, mel scaling and clamp, head) consume.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "int8":
-        raise ValueError("int8 graphs are quantized from the float32 graphs by ONNX Runtime "
-                         "(meltok_export.quantize), not built in torch: use export_graph or export_onnx")
+    if precision not in TRACED_PRECISIONS:
+        raise ExportOptionError(f"precision must be one of {TRACED_PRECISIONS} for a traced graph, got "
+                                f"{precision!r}; int8 graphs are quantized from the fp32 ones by the bundle writer")
     variant = copy.deepcopy(model).float().eval()
     if precision == "fp32":
         return variant
@@ -157,8 +141,6 @@ def precision_variant(model, precision: str):
 def graph_metadata(model, graph: str, precision: str, model_sha256: str) -> dict[str, str]:
     """``metadata_props`` written into each ONNX file."""
     config = model.config
-    from . import __version__
-
     return {
         "meltok.graph": graph,
         "meltok.precision": precision,
@@ -200,10 +182,7 @@ def _example_inputs(model, batch: int = 2, columns: int = 3) -> dict[str, torch.
 
 def _to_onnx(module: nn.Module, example: torch.Tensor, inputs, outputs, opset: int):
     """Trace ``module`` with the TorchScript exporter; returns an ``onnx.ModelProto``."""
-    import onnx
-
-    dynamic_axes = {spec.name: {axis: name for axis, name in enumerate(spec.shape) if isinstance(name, str)}
-                    for spec in (*inputs, *outputs)}
+    onnx = import_onnx()
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter warns about its own deprecation and about traced shape arithmetic
@@ -211,7 +190,7 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, inputs, outputs, opset: i
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), buffer, input_names=[s.name for s in inputs],
                           output_names=[s.name for s in outputs], opset_version=opset,
-                          dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+                          dynamic_axes=dynamic_axes((*inputs, *outputs)), do_constant_folding=True, dynamo=False)
     onnx_model = onnx.load_from_string(buffer.getvalue())
     _set_shapes(onnx_model, (*inputs, *outputs))
     return onnx_model
@@ -234,9 +213,8 @@ def _set_shapes(onnx_model, specs) -> None:
 
 def simplify(onnx_model, name: str):
     """onnxsim with dynamic shapes kept; on failure the unsimplified graph with a logged warning."""
+    onnxsim = import_onnxsim()
     try:
-        import onnxsim
-
         simplified, ok = onnxsim.simplify(onnx_model)  # checks against the input graph with random inputs
     except Exception as error:  # onnxsim raises bare RuntimeErrors from C++; any failure means "keep the original"
         log.warning("onnxsim could not simplify the %s graph (%s); keeping the unsimplified graph",
@@ -248,40 +226,14 @@ def simplify(onnx_model, name: str):
     return simplified, True
 
 
-def _check_dynamic(onnx_model, specs, name: str) -> None:
-    """The graph's inputs/outputs must keep the names and the named dynamic axes of the contract."""
-    values = {v.name: v for v in (*onnx_model.graph.input, *onnx_model.graph.output)}
-    for spec in specs:
-        if spec.name not in values:
-            raise BundleError(f"the exported {name} graph has no tensor {spec.name!r}; this is an export bug")
-        dims = values[spec.name].type.tensor_type.shape.dim
-        got = tuple(d.dim_param if d.dim_param else d.dim_value for d in dims)
-        if got != tuple(spec.shape):
-            raise BundleError(f"the exported {name} graph's {spec.name!r} has shape {got}, expected {spec.shape}; "
-                              "this is an export bug")
-
-
 def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int = OPSET,
                  model_hash: str | None = None, simplify_graph: bool = True) -> GraphEntry:
-    """Export one graph (``"encoder"`` or ``"decoder"``) of ``model`` to ``path``; returns its GraphEntry.
-
-    Refuses (BundleError) a graph that violates TensorRT 10's ONNX operator support list. ``int8``: the
-    float32 graph (which passed that check) quantized for ONNX Runtime CPU (``meltok_export.quantize``).
-    """
-    import onnx
-
-    from .op_support import ensure_tensorrt_ops
-
+    """Export one graph (``"encoder"`` or ``"decoder"``) of ``model`` to ``path`` (fp32 or fp16); returns its
+    GraphEntry. ContractError when the graph breaks the contract (or, fp16, its float32 islands);
+    BundleError when it violates TensorRT 10's ONNX operator support list."""
+    onnx = import_onnx()
     if name not in GRAPH_FILES:
-        raise ValueError(f"graph must be one of {sorted(GRAPH_FILES)}, got {name!r}")
-    if precision == "int8":
-        from .quantize import calibration_feeds, quantize_graph
-
-        entry = export_graph(model, name, path, precision="fp32", opset=opset, model_hash=model_hash,
-                             simplify_graph=simplify_graph)
-        quantize_graph(path, path, name, calibration_feeds(model)[name])
-        return GraphEntry(file=entry.file, sha256=file_sha256(path), precision="int8", inputs=entry.inputs,
-                          outputs=entry.outputs)
+        raise ExportOptionError(f"graph must be one of {sorted(GRAPH_FILES)}, got {name!r}")
     variant = precision_variant(model, precision)
     wrapper = (EncoderGraph if name == "encoder" else DecoderGraph)(variant).eval()
     inputs, outputs = graph_specs(model)[name]
@@ -289,7 +241,12 @@ def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int 
     simplified = False
     if simplify_graph:
         onnx_model, simplified = simplify(onnx_model, name)
-    _check_dynamic(onnx_model, (*inputs, *outputs), name)
+    check_graph_io(onnx_model, name, (*inputs, *outputs))
+    if precision == "fp16":
+        problems = island_violations(onnx_model, name)
+        if problems:
+            raise ContractError(f"the fp16 {name} graph computes a float32 island in float16: "
+                                f"{'; '.join(problems[:3])}; this is an export bug")
     ensure_tensorrt_ops(onnx_model, name)
     metadata = graph_metadata(model, name, precision, model_hash or model_sha256(model))
     metadata["meltok.simplified"] = str(simplified).lower()
@@ -301,21 +258,14 @@ def export_graph(model, name: str, path, *, precision: str = "fp32", opset: int 
 
 
 def export_onnx(model, folder, *, precision: str = "fp32", opset: int = OPSET) -> dict[str, GraphEntry]:
-    """Write ``encoder.onnx`` and ``decoder.onnx`` for ``model`` into ``folder``; returns their GraphEntries.
-
-    ``int8``: the float32 graphs, then quantized in place (``meltok_export.quantize.quantize_graphs``)."""
+    """Write ``encoder.onnx`` and ``decoder.onnx`` (fp32 or fp16) for ``model`` into ``folder``; returns their
+    GraphEntries."""
     if opset < OPSET:
-        raise ValueError(f"opset must be at least {OPSET} (LayerNormalization), got {opset}")
+        raise ExportOptionError(f"opset must be at least {OPSET} (LayerNormalization), got {opset}")
     folder = Path(folder)
     digest = model_sha256(model)
     entries = {}
-    source = "fp32" if precision == "int8" else precision
     for name, file in GRAPH_FILES.items():
-        log.info("exporting the %s graph (%s, opset %d)", name, source, opset)
-        entries[name] = export_graph(model, name, folder / file, precision=source, opset=opset,
-                                     model_hash=digest)
-    if precision == "int8":
-        from .quantize import quantize_graphs
-
-        entries, _ = quantize_graphs(folder, model)
+        log.info("exporting the %s graph (%s, opset %d)", name, precision, opset)
+        entries[name] = export_graph(model, name, folder / file, precision=precision, opset=opset, model_hash=digest)
     return entries

@@ -24,6 +24,8 @@ import numpy as np
 
 from meltok_runtime.errors import BundleError
 
+from .dependencies import import_onnx
+
 TABLE_RESOURCE = "data/tensorrt10-onnx-ops.tsv"
 # Spectral ops are banned outright: no ISTFT in ONNX, no STFT kernel in ORT's CUDA EP, none in TensorRT < 10.5.
 BANNED_OPS = {"STFT": "STFT", "DFT": "DFT", "HannWindow": "window generator", "HammingWindow": "window generator",
@@ -67,7 +69,7 @@ def op_types(onnx_model) -> Counter:
 
 def check_tensorrt_ops(onnx_model) -> list[str]:
     """Violations of TensorRT 10's ONNX support list (empty when the graph passes)."""
-    import onnx
+    onnx = import_onnx()
 
     try:
         inferred = onnx.shape_inference.infer_shapes(onnx_model, strict_mode=False)
@@ -121,7 +123,7 @@ def _qualified(node) -> str:
 
 def _walk(graph):
     """Every node with its graph, depth first through If/Loop/Scan bodies."""
-    import onnx
+    onnx = import_onnx()
 
     for node in graph.node:
         yield node, graph
@@ -137,7 +139,7 @@ class _Context:
     """Constants, producers and tensor types of a (shape-inferred) model, for the checkers."""
 
     def __init__(self, onnx_model, opset: int):
-        import onnx
+        onnx = import_onnx()
         from onnx import numpy_helper
 
         self.opset = opset
@@ -165,7 +167,7 @@ class _Context:
                         self.types[node.output[0]] = value.t.data_type
 
     def input_index(self, node, input_name: str) -> int | None:
-        import onnx
+        onnx = import_onnx()
 
         schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain or "")
         names = [formal.name for formal in schema.inputs]
@@ -180,7 +182,7 @@ class _Context:
 
 
 def _attribute(node, name: str, default=None):
-    import onnx
+    onnx = import_onnx()
 
     for attribute in node.attribute:
         if attribute.name == name:
@@ -386,7 +388,7 @@ RESTRICTION_CHECKS = {
 
 # ----------------------------------------------------------------------------- types
 def _type_name(elem_type: int) -> str:
-    import onnx
+    onnx = import_onnx()
 
     return onnx.TensorProto.DataType.Name(elem_type)
 

@@ -1,8 +1,8 @@
 """INT8 graphs for ONNX Runtime on the CPU: static QDQ quantization of the convolution trunk.
 
 ``quantize_graphs(folder, model)`` turns the float32 ``encoder.onnx``/``decoder.onnx`` that ``export_onnx``
-wrote into int8 graphs in place; ``export_bundle(..., precision="int8")`` (``meltok-export --precision
-int8``) calls it, so an int8 bundle is an ordinary bundle whose graphs say ``precision: "int8"``.
+wrote into int8 graphs in place; the bundle writer (``export_bundle(..., precision="int8")``, ``meltok-export
+--precision int8``) calls it, so an int8 bundle is an ordinary bundle whose graphs say ``precision: "int8"``.
 
 What is quantized (``onnxruntime.quantization.quantize_static``, QDQ format):
 
@@ -10,17 +10,12 @@ What is quantized (``onnxruntime.quantization.quantize_static``, QDQ format):
   activations uint8, asymmetric, per tensor (``ACTIVATION_TYPE``: on this project's AVX-512 VNNI CPU the
   u8 x s8 kernels were 1.2-1.9x faster than s8 x s8 ones, at the same accuracy). ONNX Runtime fuses each
   ``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv`` (``QGemm``, ``QLinearMatMul``).
-- Calibration (MinMax) runs the float32 graphs on real audio: crops of the export verification clip
-  (``export/assets/verify.flac``) at 0, -20 and -40 dB and one crop ending in digital silence, so that the
-  ranges cover quiet passages; the decoder is calibrated on the tokens the float32 model gives for them.
+- Calibration (MinMax) runs the float32 graphs on real audio (``meltok_export.calibration``).
 
 What stays float32:
 
-- The islands (``float32_islands``), found by walking the graph, not by name: the log-mel front end (every
-  node up to the ``Log``: reflect pad, STFT convolution, magnitude, mel matrix product, clamp), the VQ
-  (every node after the convolution that writes the latent: distances to the codebook and argmin), and
-  the vocoder head (every node after the backbone: its Linear, ``exp``/clip, cos/sin, the ISTFT
-  ``ConvTranspose`` and the window normalisation). ``island_violations`` checks the written graphs.
+- The islands (``meltok_export.islands``: log-mel front end, VQ, vocoder head), found by walking the graph;
+  ``island_violations`` checks the written graphs.
 - Layers that 8-bit activations resolve poorly (``FLOAT32_LAYERS``): those reading the residual stream or a
   raw feature (wide, offset-dominated ranges: stems, down/up-sampling convolutions, 1x1 shortcuts, the
   vocoder's embedding and depthwise convolutions), those writing the latent or the mel, and the attention
@@ -49,8 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from meltok_runtime.errors import BundleError
-from meltok_runtime.framing import padded_length
 from meltok_runtime.manifest import GraphEntry, file_sha256
+
+from .calibration import FeedReader, calibration_feeds
+from .contract import GRAPH_FILES, graph_specs
+from .dependencies import import_onnx, import_quantization
+from .islands import float32_islands, island_violations, node_producing
+from .op_support import check_tensorrt_ops
 
 log = logging.getLogger("meltok_export")
 
@@ -73,97 +73,9 @@ FLOAT32_LAYERS = {
     "/backbone/embed/": "reads the mel",
     "/dwconv/": "reads the residual stream",
 }
-CALIBRATION_CROPS = 4
-CALIBRATION_SECONDS = 2.0
-CALIBRATION_GAINS = (1.0, 0.1, 0.01)  # 0, -20, -40 dB, in turn over the crops
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-_SHAPE_ONLY = {"Shape", "Size"}  # read a tensor's shape, not its values: island walks stop there
 
 
 # ----------------------------------------------------------------------------- graph walks
-def _producers(graph) -> dict:
-    return {output: node for node in graph.node for output in node.output if output}
-
-
-def _walk_back(graph, tensors, stop) -> list:
-    """Nodes reached backwards from ``tensors``. ``stop(node)``: ``"exclude"`` (not taken, not passed),
-    ``"include"`` (taken, not passed) or None (taken and passed); shape reads are taken, not passed."""
-    # ``seen`` holds ids of the node objects that ``producers`` keeps alive for the whole walk.
-    producers, seen, taken, stack = _producers(graph), set(), [], list(tensors)
-    while stack:
-        node = producers.get(stack.pop())
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        action = stop(node)
-        if action == "exclude":
-            continue
-        taken.append(node)
-        if action != "include" and node.op_type not in _SHAPE_ONLY:
-            stack.extend(name for name in node.input if name)
-    return taken
-
-
-def _single(graph, op_type: str, what: str):
-    nodes = [node for node in graph.node if node.op_type == op_type]
-    if len(nodes) != 1:
-        raise BundleError(f"the {what} graph has {len(nodes)} {op_type} nodes, expected 1: cannot find its float32 "
-                          "islands; this is an export bug")
-    return nodes[0]
-
-
-def float32_islands(onnx_model, graph: str) -> dict[str, list]:
-    """The nodes of each float32 island of ``graph`` (``"encoder"`` or ``"decoder"``), by island name.
-
-    Encoder: ``log-mel`` (the ``Log`` and everything before it), ``vq`` (the ``ArgMin`` back to, not
-    including, the convolution that writes the latent). Decoder: ``head`` (the output back to, and
-    including, the first matrix product: the head's Linear).
-    """
-    g = onnx_model.graph
-    if graph == "encoder":
-        log_node, argmin = _single(g, "Log", graph), _single(g, "ArgMin", graph)
-        return {"log-mel": _walk_back(g, log_node.output, lambda node: None),
-                "vq": _walk_back(g, argmin.output, lambda node: "exclude" if node.op_type == "Conv" else None)}
-    if graph == "decoder":
-        head = _walk_back(g, [value.name for value in g.output],
-                          lambda node: "include" if node.op_type in ("Gemm", "MatMul") else None)
-        if not any(node.op_type in ("Gemm", "MatMul") for node in head) or \
-                not any(node.op_type == "ConvTranspose" for node in head):
-            raise BundleError("the decoder graph's head (Linear, ISTFT ConvTranspose) was not found: cannot keep it "
-                              "float32; this is an export bug")
-        return {"head": head}
-    raise ValueError(f"graph must be 'encoder' or 'decoder', got {graph!r}")
-
-
-def island_violations(onnx_model, graph: str) -> list[str]:
-    """Ways in which ``graph``'s float32 islands are not float32 (empty when they are): quantize/dequantize
-    or quantized-operator nodes inside an island, island inputs produced by a ``DequantizeLinear``, and
-    island weights that are not float32."""
-    import onnx
-
-    g = onnx_model.graph
-    producers = _producers(g)
-    initializers = {init.name: init for init in g.initializer}
-    problems = []
-    for island, nodes in float32_islands(onnx_model, graph).items():
-        for node in nodes:
-            where = f"{island} island: {node.op_type} node {node.name!r}"
-            if node.op_type in _QDQ_OPS or node.op_type.startswith("QLinear") or node.domain not in ("", "ai.onnx"):
-                problems.append(f"{where} is a quantization operator")
-                continue
-            if node.op_type in _SHAPE_ONLY:
-                continue
-            for name in node.input:
-                source = producers.get(name)
-                if source is not None and source.op_type in _QDQ_OPS:
-                    problems.append(f"{where} reads {name!r} from {source.op_type} {source.name!r}")
-                init = initializers.get(name)
-                if init is not None and init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
-                    problems.append(f"{where} reads the {onnx.TensorProto.DataType.Name(init.data_type)} "
-                                    f"initializer {name!r}")
-    return problems
-
-
 def float32_layers(onnx_model, graph: str) -> dict[str, str]:
     """Trunk nodes of ``QUANTIZED_OPS`` kept float32 besides the islands: node name -> reason (node names
     must be unique, as ``_prepare`` makes them)."""
@@ -202,54 +114,6 @@ def _prepare(onnx_model) -> None:
     onnx_model.graph.node.extend(kept)
 
 
-def calibration_audio(sample_rate: int, hop: int, compression: int, clip: np.ndarray | None = None, *,
-                      crops: int = CALIBRATION_CROPS, seconds: float = CALIBRATION_SECONDS) -> list[np.ndarray]:
-    """Calibration inputs ``[1, samples]`` float32: ``crops`` crops of ``clip`` (default: the verification
-    clip) spread over it, at the levels of ``CALIBRATION_GAINS`` in turn, and one crop whose second half is
-    digital silence (the log-mel floor). Each is padded as the runtime pads."""
-    if clip is None:
-        from .verify import verify_audio
-
-        clip = verify_audio(sample_rate)
-    clip = np.asarray(clip, dtype=np.float32)
-    length = min(padded_length(int(seconds * sample_rate), hop, compression),
-                 padded_length(clip.shape[0], hop, compression))
-    clip = np.pad(clip, (0, max(0, length - clip.shape[0])))
-    offsets = np.linspace(0, clip.shape[0] - length, crops).astype(int)
-    audio = [CALIBRATION_GAINS[i % len(CALIBRATION_GAINS)] * clip[o:o + length] for i, o in enumerate(offsets)]
-    silent = clip[offsets[-1]:offsets[-1] + length].copy()
-    silent[length // 2:] = 0.0
-    audio.append(silent)
-    return [np.ascontiguousarray(a[None], dtype=np.float32) for a in audio]
-
-
-class _Feeds:
-    """A ``CalibrationDataReader`` over a list of feed dicts."""
-
-    def __init__(self, feeds: list[dict]):
-        self.feeds, self._next = feeds, iter(feeds)
-
-    def get_next(self):
-        return next(self._next, None)
-
-    def __len__(self):
-        return len(self.feeds)
-
-    def set_range(self, start_index: int, end_index: int):
-        self._next = iter(self.feeds[start_index:end_index])
-
-
-def calibration_feeds(model, audio: list[np.ndarray] | None = None) -> dict[str, list[dict]]:
-    """Feeds of both graphs: the audio for the encoder, the float32 model's tokens of it for the decoder."""
-    import torch
-
-    if audio is None:
-        audio = calibration_audio(model.sample_rate, model.hop_length, model.config.tokenizer.compression)
-    with torch.inference_mode():
-        tokens = [model.tokenize(torch.from_numpy(a)).numpy().astype(np.int32) for a in audio]
-    return {"encoder": [{"audio": a} for a in audio], "decoder": [{"tokens": t} for t in tokens]}
-
-
 # ----------------------------------------------------------------------------- quantization
 def quantize_graph(source, target, graph: str, feeds: list[dict]) -> dict:
     """Quantize the float32 ONNX file ``source`` of ``graph`` into ``target`` (may equal ``source``),
@@ -257,8 +121,10 @@ def quantize_graph(source, target, graph: str, feeds: list[dict]) -> dict:
 
     Raises BundleError when an island of the result is not float32.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    onnx = import_onnx()
+    quantization = import_quantization()
+    CalibrationMethod, QuantFormat, QuantType = (quantization.CalibrationMethod, quantization.QuantFormat,
+                                                 quantization.QuantType)
 
     onnx_model = onnx.load(str(source))
     metadata = {prop.key: prop.value for prop in onnx_model.metadata_props}
@@ -273,7 +139,7 @@ def quantize_graph(source, target, graph: str, feeds: list[dict]) -> dict:
                           "this is an export bug")
     with tempfile.TemporaryDirectory(prefix="meltok-quantize-") as scratch, _quiet_preprocessing_advice():
         output = Path(scratch) / "int8.onnx"
-        quantize_static(onnx_model, str(output), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+        quantization.quantize_static(onnx_model, str(output), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
                         activation_type=getattr(QuantType, ACTIVATION_TYPE),
                         weight_type=getattr(QuantType, WEIGHT_TYPE), nodes_to_exclude=exclude,
@@ -325,16 +191,14 @@ def _quiet_preprocessing_advice():
 
 def _is_quantized(onnx_model, name: str) -> bool:
     """Whether the node called ``name`` reads a dequantized weight or activation."""
-    producers = _producers(onnx_model.graph)
+    made_by = node_producing(onnx_model.graph)
     node = next((n for n in onnx_model.graph.node if n.name == name), None)
-    return node is not None and any(getattr(producers.get(i), "op_type", None) == "DequantizeLinear"
+    return node is not None and any(getattr(made_by.get(i), "op_type", None) == "DequantizeLinear"
                                     for i in node.input)
 
 
 def tensorrt_skip_reason(onnx_model) -> dict:
     """Why the TensorRT operator check does not apply to an int8 graph, with the check's own count."""
-    from .op_support import check_tensorrt_ops
-
     violations = check_tensorrt_ops(onnx_model)
     return {"skipped": "int8 bundles are for ONNX Runtime on the CPU: uint8 activations with non-zero zero "
                        "points, which TensorRT's ONNX parser refuses (it takes symmetric int8 QDQ only); "
@@ -351,10 +215,7 @@ def quantize_graphs(folder, model, *, audio: list[np.ndarray] | None = None,
     GraphEntries (precision ``"int8"``) and a record for the manifest (with ``"tensorrt_ops"``: why the
     TensorRT operator check is skipped for the int8 graphs, and what it reports on them).
     """
-    import onnx
-
-    from .onnx_export import GRAPH_FILES, graph_specs
-
+    onnx = import_onnx()
     folder = Path(folder)
     feeds = calibration_feeds(model, audio)
     entries, record = {}, {"activations": f"{ACTIVATION_TYPE}, asymmetric, per tensor",
@@ -383,6 +244,5 @@ def quantize_graphs(folder, model, *, audio: list[np.ndarray] | None = None,
     return entries, record
 
 
-__all__ = ["ACTIVATION_TYPE", "FLOAT32_LAYERS", "QUANTIZED_OPS", "WEIGHT_TYPE", "calibration_audio",
-           "calibration_feeds", "float32_islands", "float32_layers", "island_violations", "quantize_graph",
+__all__ = ["ACTIVATION_TYPE", "FLOAT32_LAYERS", "QUANTIZED_OPS", "WEIGHT_TYPE", "float32_layers", "quantize_graph",
            "quantize_graphs", "tensorrt_skip_reason"]

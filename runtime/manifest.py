@@ -69,6 +69,7 @@ class EngineEntry:
     device_name: str
     precision: str
     profile: dict  # input name -> {"min": [...], "opt": [...], "max": [...]}
+    version_compatible: bool = False  # built with TensorRT's VERSION_COMPATIBLE flag: runs on the lean runtime
 
 
 @dataclass(frozen=True)

@@ -6,29 +6,56 @@ concurrent ``run`` calls in parallel (ONNX Runtime sessions are thread-safe).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
 import threading
 
 from ..errors import BackendError, BundleError
+from ..optional import import_optional
 from .base import Backend
+from .cuda import driver_device_count
 
-CUDA_FIX = "pip install onnxruntime-gpu instead of onnxruntime, on a machine with an NVIDIA GPU"
+CPU_INSTALL = "pip install -e '.[cpu]'"
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install -e '.[gpu]'"
+CUDA_FIX = f"on a machine with an NVIDIA GPU, replace onnxruntime by onnxruntime-gpu: {GPU_INSTALL}"
 
 ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
               "tensor(int64)": "int64", "tensor(double)": "float64"}
+QUIET = 3  # ONNX Runtime log severity: errors only (no provider placement or fallback chatter)
 
 _preload_lock = threading.Lock()
 _preloaded = False
+_stdout_lock = threading.Lock()
 
 
 def import_onnxruntime():
-    """The ``onnxruntime`` module, or BackendError with the install command."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise BackendError(f"onnxruntime is not installed ({error}): pip install onnxruntime "
-                           "(or onnxruntime-gpu on a machine with an NVIDIA GPU)") from None
-    return onnxruntime
+    """The ``onnxruntime`` module (from ``onnxruntime`` or ``onnxruntime-gpu``), quiet by default."""
+    ort = import_optional("onnxruntime", install=f"{CPU_INSTALL} (or, with an NVIDIA GPU, {GPU_INSTALL})",
+                          purpose="running a bundle")
+    ort.set_default_logger_severity(QUIET)
+    return ort
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Within the block, file descriptor 1 writes to stderr: text that ONNX Runtime's native code prints
+    while it loads providers can never mix into a command's stdout (``meltok-rt info`` prints JSON there)."""
+    with _stdout_lock:
+        try:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            os.dup2(2, 1)
+        except (OSError, ValueError):  # no file descriptors 1/2 (an embedding host): nothing to protect
+            yield
+            return
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _preload_cuda_libraries(ort) -> None:
@@ -59,7 +86,7 @@ class OrtCpuBackend(Backend):
     def _session_options(self, ort):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: no per-node placement chatter on stderr
+        options.log_severity_level = QUIET
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         return options
@@ -76,8 +103,9 @@ class OrtCpuBackend(Backend):
             raise BundleError(f"the {self.graph_name} graph {str(path)!r} does not match the hash in its "
                               "manifest; the file is corrupt or was modified: re-export the bundle")
         try:
-            session = ort.InferenceSession(data, sess_options=self._session_options(ort),
-                                           providers=self._providers(ort))
+            with stdout_to_stderr():
+                session = ort.InferenceSession(data, sess_options=self._session_options(ort),
+                                               providers=self._providers(ort))
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own non-public types
             raise BundleError(f"ONNX Runtime cannot load the {self.graph_name} graph {str(path)!r} "
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
@@ -101,8 +129,15 @@ class OrtCpuBackend(Backend):
     def _check_session(self, session) -> None:
         """Hook for subclasses: refuse a session that did not get the wanted provider."""
 
-    def _run(self, feeds: dict) -> dict:
+    def _session_or_closed(self):
+        """The session, or BackendError when ``close`` ran since ``run`` checked that it was open."""
         session = self._session
+        if session is None:
+            raise BackendError(f"the {self.name} backend for the {self.graph_name} graph was closed during the run")
+        return session
+
+    def _run(self, feeds: dict) -> dict:
+        session = self._session_or_closed()
         return dict(zip(self._output_names, session.run(self._output_names, feeds)))
 
     def _close(self) -> None:
@@ -110,10 +145,11 @@ class OrtCpuBackend(Backend):
 
 
 class OrtCudaBackend(OrtCpuBackend):
-    """ONNX Runtime with the CUDA execution provider (``onnxruntime-gpu``), on ``device_id`` 0.
+    """ONNX Runtime with the CUDA execution provider (``onnxruntime-gpu``), on ``device_id`` 0, TF32 off.
 
-    Inputs are bound from host memory and outputs bound on the device, then copied to the host
-    once per call (IO binding), so ONNX Runtime allocates the outputs at their real size.
+    Inputs are bound from host memory (and synchronised onto the device before the run) and outputs
+    bound on the device, then copied to the host once per call (IO binding), so ONNX Runtime allocates
+    the outputs at their real size.
     """
 
     name = "ort-cuda"
@@ -125,10 +161,15 @@ class OrtCudaBackend(OrtCpuBackend):
         providers = ort.get_available_providers()
         if "CUDAExecutionProvider" not in providers:
             raise BackendError(f"this onnxruntime has no CUDA execution provider (it has {providers}): {CUDA_FIX}")
+        if driver_device_count() <= cls.device_id:
+            raise BackendError("onnxruntime-gpu is installed but the NVIDIA driver sees no GPU: check "
+                               "CUDA_VISIBLE_DEVICES and `nvidia-smi`, or use --backend ort-cpu")
 
     def _providers(self, ort) -> list:
         _preload_cuda_libraries(ort)
-        return [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        # use_tf32=0 (onnxruntime-gpu >= 1.18): float32 products and convolutions stay float32, so the tokens
+        # equal the CPU's; with TF32 (the provider's default) the float32 islands lose 13 mantissa bits.
+        return [("CUDAExecutionProvider", {"device_id": self.device_id, "use_tf32": 0}), "CPUExecutionProvider"]
 
     def _check_session(self, session) -> None:
         if session.get_providers()[:1] != ["CUDAExecutionProvider"]:
@@ -137,10 +178,11 @@ class OrtCudaBackend(OrtCpuBackend):
                                f"onnxruntime-gpu's CUDA dependencies, or {CUDA_FIX}")
 
     def _run(self, feeds: dict) -> dict:
-        session = self._session
+        session = self._session_or_closed()
         binding = session.io_binding()  # one binding per call: bindings are not shared between threads
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
+        binding.synchronize_inputs()  # the host-to-device copies are done before the run reads them
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.device_id)
         session.run_with_iobinding(binding)

@@ -1,79 +1,90 @@
-"""TensorRT backend: runs a bundle's ``.plan`` engine (TensorRT 10 API, imported lazily).
+"""TensorRT backend: runs a bundle's ``.plan`` engine (TensorRT 10/11 Python API, imported lazily).
 
-An engine runs only on the GPU architecture and TensorRT version it was built with, and only
-while it matches the bundle's ONNX graph; ``check_engine`` refuses any mismatch before TensorRT
-ever sees the file (a mismatched engine is never run). Needs ``tensorrt`` and ``cuda-python``
-(``cuda.bindings.runtime``, or the older ``cuda.cudart``): ``pip install meltok[trt]``.
+An engine runs only on the GPU architecture it was built for, with the TensorRT version that built it
+(or, for a version-compatible engine, a later one of the same major), and only while it matches the
+bundle's ONNX graph; ``check_engine`` refuses any mismatch before TensorRT ever sees the file.
 
-One execution context, one CUDA stream and one set of device buffers per backend: buffers are
-reused while shapes repeat and grown when a larger input comes; every ``run`` sets the input
-shapes, enqueues with ``execute_async_v3`` and synchronises. Runs are serialised by the base
-class (``serialize_runs``): the context and buffers are shared state.
+Two runtimes: the full ``tensorrt`` (the builder's package) or, where only it is installed, the lean
+runtime ``tensorrt_lean`` (``pip install -e '.[trt]'``, from PyPI alone). The lean runtime runs only
+version-compatible engines (``meltok-export --engine trt --version-compatible``), whose runtime code
+ships inside the engine: loading one needs engine host code allowed, which is granted only to a
+version-compatible engine whose hash matches the bundle's manifest.
+
+One execution context, one non-default CUDA stream and one set of device buffers per backend: buffers
+are reused while shapes repeat and grown when a larger input comes; every ``run`` sets and checks the
+input shapes, copies the inputs (cast to the engine's dtypes), enqueues with ``execute_async_v3``,
+copies the outputs back and synchronises the stream. Runs are serialised by the base class
+(``serialize_runs``): the context and buffers are shared state.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 
-from ..errors import BackendError, BundleError, EngineMismatchError, InputSpecError
-from ..manifest import EngineEntry, Manifest
+from ..errors import BackendError, BundleError, EngineMismatchError, InputSpecError, MissingDependencyError
+from ..manifest import GRAPH_NAMES, EngineEntry, Manifest
+from ..optional import import_optional
 from .base import Backend
+from .cuda import cuda_call, device_properties, import_cudart
 
-INSTALL = "pip install tensorrt cuda-python (the meltok[trt] extra) on a machine with an NVIDIA GPU"
+log = logging.getLogger("meltok_runtime")
+
+TRT_RUNTIME_INSTALL = "pip install -e '.[trt]' (TensorRT's lean runtime and cuda-python, from PyPI)"
+TRT_BUILD_INSTALL = "pip install -e '.[trt-build]' --extra-index-url https://pypi.nvidia.com"
+NUMPY_TYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8",
+               "UINT8": "uint8", "BOOL": "bool"}
 
 
 def import_tensorrt():
+    """``(module, lean)``: the full ``tensorrt`` if installed, else the lean runtime ``tensorrt_lean``."""
     try:
-        import tensorrt
-    except ImportError as error:
-        raise BackendError(f"TensorRT is not installed ({error}): {INSTALL}") from None
-    return tensorrt
-
-
-def import_cudart():
+        return import_optional("tensorrt", install=TRT_RUNTIME_INSTALL, purpose="the trt backend"), False
+    except MissingDependencyError:
+        pass
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as error:
-            raise BackendError(f"cuda-python is not installed ({error}): {INSTALL}") from None
-    return cudart
+        return import_optional("tensorrt_lean", install=TRT_RUNTIME_INSTALL, purpose="the trt backend"), True
+    except MissingDependencyError:
+        raise MissingDependencyError(f"the trt backend needs TensorRT (the full `tensorrt` or its lean runtime "
+                                     f"`tensorrt_lean`), and neither is installed: {TRT_RUNTIME_INSTALL}, on a "
+                                     "machine with an NVIDIA GPU") from None
 
 
-def cuda_call(cudart, result):
-    """Unpack a cuda-python ``(error, *values)`` tuple; raise BackendError on a CUDA error."""
-    error, values = result[0], result[1:]
-    if error != cudart.cudaError_t.cudaSuccess:
-        raise BackendError(f"CUDA call failed with {error!r}; check the NVIDIA driver and GPU")
-    return values[0] if len(values) == 1 else (values or None)
+def _no_engine(graphs) -> str:
+    """Why the trt backend cannot run: no engine for ``graphs`` (in the runtime's order), and what to run."""
+    missing = " and ".join(name for name in GRAPH_NAMES if name in graphs)
+    return (f"the bundle has no TensorRT engine for its {missing} graph{'s' if ' and ' in missing else ''}; build "
+            f"them where TensorRT's builder is installed ({TRT_BUILD_INSTALL}) with `meltok-export MODEL -o BUNDLE "
+            "--engine trt --force`, or use --backend ort-cuda or ort-cpu")
 
 
-def device_compute_capability(cudart, device: int) -> str:
-    attr = cudart.cudaDeviceAttr
-    major = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device))
-    minor = cuda_call(cudart, cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device))
-    return f"{major}.{minor}"
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
-def _no_engine(graph: str) -> str:
-    return (f"the bundle has no TensorRT engine for its {graph} graph; build one on this machine with "
-            "`meltok-export MODEL -o BUNDLE --engine trt`, or use --backend ort-cuda or ort-cpu")
+def _runs_with(entry: EngineEntry, tensorrt_version: str) -> bool:
+    """The same TensorRT version, or a version-compatible engine under a later release of its major."""
+    if entry.tensorrt_version == tensorrt_version:
+        return True
+    built, here = _version(entry.tensorrt_version), _version(tensorrt_version)
+    return entry.version_compatible and built[:1] == here[:1] and here >= built
 
 
-def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compute_capability: str) -> EngineEntry:
+def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compute_capability: str,
+                 lean: bool = False) -> EngineEntry:
     """The bundle's engine for ``graph`` that may run here, or a typed error saying why none may.
 
     BackendError: the bundle has no engine for the graph. EngineMismatchError (both a
     ModelMismatchError and a BackendError): engines exist but were built for another GPU
-    architecture or TensorRT version, or from another ONNX file.
+    architecture or TensorRT version, from another ONNX file, or (``lean``: under TensorRT's lean
+    runtime) without the version-compatible flag.
     """
     entries = [entry for entry in manifest.engines if entry.graph == graph]
     if not entries:
-        raise BackendError(_no_engine(graph))
+        raise BackendError(_no_engine([graph]))
     matching = [entry for entry in entries if entry.compute_capability == compute_capability
-                and entry.tensorrt_version == tensorrt_version]
+                and _runs_with(entry, tensorrt_version)]
     if not matching:
         built = ", ".join(f"compute capability {e.compute_capability} ({e.device_name}) with TensorRT "
                           f"{e.tensorrt_version}" for e in entries)
@@ -82,6 +93,11 @@ def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compu
             f"{compute_capability} and TensorRT {tensorrt_version}; an engine runs only where both match: rebuild "
             "it here with `meltok-export --engine trt`, or use --backend ort-cuda")
     entry = matching[0]
+    if lean and not entry.version_compatible:
+        raise EngineMismatchError(
+            f"the bundle's {graph} engine was not built version-compatible, and only TensorRT's lean runtime "
+            "(tensorrt_lean) is installed here, which runs version-compatible engines only: rebuild it with "
+            f"`meltok-export --engine trt --version-compatible`, or install the full TensorRT ({TRT_BUILD_INSTALL})")
     expected = manifest.graphs[graph].sha256
     if entry.onnx_sha256 != expected:
         raise EngineMismatchError(
@@ -105,6 +121,14 @@ def read_engine(bundle, entry: EngineEntry) -> bytes:
     return data
 
 
+def gpu_here(cudart, device: int) -> tuple[str, str]:
+    """``(compute capability, name)`` of ``device``; BackendError naming the CUDA error where there is none."""
+    if not cuda_call(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"):
+        raise BackendError("TensorRT is installed but CUDA reports no GPU: check CUDA_VISIBLE_DEVICES and "
+                           "`nvidia-smi`, or use --backend ort-cpu")
+    return device_properties(cudart, device)
+
+
 class TrtBackend(Backend):
     """A TensorRT engine of the bundle, on CUDA device 0."""
 
@@ -114,34 +138,38 @@ class TrtBackend(Backend):
 
     @classmethod
     def check_available(cls, bundle, manifest) -> None:
+        missing = [graph for graph in manifest.graphs if not any(e.graph == graph for e in manifest.engines)]
+        if missing:
+            raise BackendError(_no_engine(missing))
+        trt, lean = import_tensorrt()
+        capability, _ = gpu_here(import_cudart(), cls.device)
         for graph in manifest.graphs:
-            if not any(entry.graph == graph for entry in manifest.engines):
-                raise BackendError(_no_engine(graph))
-        trt = import_tensorrt()
-        cudart = import_cudart()
-        count = cuda_call(cudart, cudart.cudaGetDeviceCount()) if _has_device(cudart) else 0
-        if not count:
-            raise BackendError(f"TensorRT is installed but no NVIDIA GPU is visible: {INSTALL}")
-        capability = device_compute_capability(cudart, cls.device)
-        for graph in manifest.graphs:
-            check_engine(manifest, graph, tensorrt_version=trt.__version__, compute_capability=capability)
+            check_engine(manifest, graph, tensorrt_version=trt.__version__, compute_capability=capability, lean=lean)
 
     def _open(self) -> None:
-        trt = import_tensorrt()
+        trt, lean = import_tensorrt()
         cudart = self._cudart = import_cudart()
-        cuda_call(cudart, cudart.cudaSetDevice(self.device))
+        capability, device_name = gpu_here(cudart, self.device)
+        cuda_call(cudart, cudart.cudaSetDevice(self.device), "cudaSetDevice")
         entry = check_engine(self.manifest, self.graph_name, tensorrt_version=trt.__version__,
-                             compute_capability=device_compute_capability(cudart, self.device))
-        data = read_engine(self.bundle, entry)
+                             compute_capability=capability, lean=lean)
+        if entry.device_name != device_name:
+            log.warning("the %s engine was built on a %s and runs on a %s (same compute capability %s): it is "
+                        "valid, but its kernels were timed on the other GPU; rebuild it here for full speed",
+                        self.graph_name, entry.device_name, device_name, capability)
+        data = read_engine(self.bundle, entry)  # the hash check that allows engine host code below
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if entry.version_compatible:
+            self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise BackendError(f"TensorRT could not load the engine {entry.file!r} (see its log above); rebuild it "
                                "with `meltok-export --engine trt`")
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?); rebuild the "
+                               "engine with a smaller profile (--max-seconds, --max-batch)")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         self._input_names = [name for name in names if is_input[name]]
@@ -150,10 +178,11 @@ class TrtBackend(Backend):
         if sorted(self._input_names) != sorted(want_in) or not set(want_out) <= set(self._output_names):
             raise BundleError(f"the engine {entry.file!r} has inputs {self._input_names} and outputs "
                               f"{self._output_names}, but the manifest lists {want_in} and {want_out}; re-export")
-        self._dtypes = {name: np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))) for name in names}
+        self._dtypes = {name: np.dtype(NUMPY_TYPES[self._engine.get_tensor_dtype(name).name]) for name in names}
         self._profile = entry.profile
         self._buffers: dict = {}  # name -> [device pointer, capacity in bytes]
-        self._stream = cuda_call(cudart, cudart.cudaStreamCreate())
+        flags = cudart.cudaStreamNonBlocking  # a stream of our own, not synchronised with the legacy default one
+        self._stream = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least ``nbytes`` for ``name``, reused while large enough."""
@@ -161,16 +190,16 @@ class TrtBackend(Backend):
         buffer = self._buffers.get(name)
         if buffer is None or buffer[1] < nbytes:
             if buffer is not None:
-                cuda_call(cudart, cudart.cudaFree(buffer[0]))
+                cuda_call(cudart, cudart.cudaFree(buffer[0]), "cudaFree")
                 del self._buffers[name]
             capacity = max(nbytes, 256)
-            self._buffers[name] = [cuda_call(cudart, cudart.cudaMalloc(capacity)), capacity]
+            self._buffers[name] = [cuda_call(cudart, cudart.cudaMalloc(capacity), "cudaMalloc"), capacity]
         return int(self._buffers[name][0])
 
     def _run(self, feeds: dict) -> dict:
         cudart, context, stream = self._cudart, self._context, self._stream
-        cuda_call(cudart, cudart.cudaSetDevice(self.device))  # this thread may not have used the GPU yet
         to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        staged = []  # keeps each cast input alive until the stream is synchronised
         for name in self._input_names:
             array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             if not context.set_input_shape(name, tuple(array.shape)):
@@ -179,8 +208,10 @@ class TrtBackend(Backend):
                                      f"optimisation profile (min {limits.get('min')}, max {limits.get('max')}); "
                                      "rebuild the engine with a larger range or use --backend ort-cuda")
             pointer = self._device_buffer(name, array.nbytes)
-            cuda_call(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, to_device, stream))
+            cuda_call(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, to_device, stream),
+                      "cudaMemcpyAsync (input)")
             context.set_tensor_address(name, pointer)
+            staged.append(array)
         hosts = {}
         for name in self._output_names:
             shape = tuple(context.get_tensor_shape(name))
@@ -193,8 +224,8 @@ class TrtBackend(Backend):
         to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, host in hosts.items():
             cuda_call(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
-                                                     to_host, stream))
-        cuda_call(cudart, cudart.cudaStreamSynchronize(stream))
+                                                     to_host, stream), "cudaMemcpyAsync (output)")
+        cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return hosts
 
     def _close(self) -> None:
@@ -208,9 +239,3 @@ class TrtBackend(Backend):
         self._context = None  # the context before its engine, the engine before its runtime
         self._engine = None
         self._runtime = None
-
-
-def _has_device(cudart) -> bool:
-    """False (instead of an error) where the CUDA driver is missing or sees no GPU."""
-    error, _ = cudart.cudaGetDeviceCount()
-    return error == cudart.cudaError_t.cudaSuccess

@@ -1,25 +1,13 @@
-"""Smoke test of the benchmark scripts: each main() runs once on the tiny preset (figures not asserted).
+"""Smoke test of the benchmarks: each main() runs once on the tiny preset (figures not asserted).
 
-``benchmarks/`` is not a package: the scripts are loaded from their files, as ``python benchmarks/x.py``
-runs them.
+``benchmarks`` is a package run from the repository root (``python -m benchmarks.speed``), as here.
 """
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"smoke_benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_lines(output: str, first_header_cell: str) -> list[str]:
@@ -30,7 +18,8 @@ def table_lines(output: str, first_header_cell: str) -> list[str]:
 
 
 def test_cost_main_counts_every_stage_of_the_tiny_preset(tmp_path, capsys):
-    cost = load_script("cost")
+    from benchmarks import cost
+
     out_json = tmp_path / "cost.json"
     report = cost.main(["--presets", "tiny", "--no-default-model", "--seconds", "1", "--threads", "1",
                         "--matmul-size", "256", "--matmul-repeats", "1", "--no-cuda", "--json", str(out_json)])
@@ -51,7 +40,8 @@ def test_cost_main_counts_every_stage_of_the_tiny_preset(tmp_path, capsys):
 
 
 def test_speed_main_times_torch_and_ort_cpu_on_the_tiny_preset(tmp_path, capsys):
-    speed = load_script("speed")
+    from benchmarks import speed
+
     out_json, out_png = tmp_path / "speed.json", tmp_path / "speed.png"
     report = speed.main(["--presets", "tiny", "--no-default-model", "--seconds", "1", "--batches", "1",
                          "--repeats", "1", "--warmup", "1", "--threads", "1", "--backends", "torch-cpu-fp32,ort-cpu-fp32",
@@ -67,7 +57,7 @@ def test_speed_main_times_torch_and_ort_cpu_on_the_tiny_preset(tmp_path, capsys)
     results = written["results"]
     assert {(r["op"], r["backend"]) for r in results} == expected
     for r in results:
-        assert r["status"] == "ok" and len(r["times_ms"]) == 1
+        assert r["status"] == "ok" and len(r["times_ms"]) == 1 and r["calls"] == 1  # 1 s: one window
         assert {"median_ms", "p90_ms", "rtf", "x_realtime", "speedup_vs_eager", "floor_ms", "peak_rss_mb"} <= set(r)
         assert r["peak_rss_mb"] > 0
     eager = [r for r in results if r["backend"] == "torch-cpu-fp32"]

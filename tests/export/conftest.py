@@ -32,7 +32,9 @@ def models(tiny_model, official_model) -> dict:
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, models):
-    """``exported(model_name, precision)`` -> folder holding that model's encoder.onnx/decoder.onnx (cached)."""
+    """``exported(model_name, precision)`` -> folder holding that model's encoder.onnx/decoder.onnx and an
+    unverified manifest (cached)."""
+    from meltok_export.bundle import draft_manifest
     from meltok_export.onnx_export import export_onnx
 
     folders = {}
@@ -40,7 +42,8 @@ def exported(tmp_path_factory, models):
     def get(name: str, precision: str):
         if (name, precision) not in folders:
             folder = tmp_path_factory.mktemp(f"{name}-{precision}")
-            export_onnx(models[name], folder, precision=precision)
+            graphs = export_onnx(models[name], folder, precision=precision)
+            draft_manifest(models[name], graphs).write(folder)
             folders[name, precision] = folder
         return folders[name, precision]
 

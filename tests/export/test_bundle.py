@@ -7,10 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from meltok_export import bundle as bundle_module
-from meltok_export.bundle import ExportOptionError, export_bundle
+from meltok_export.bundle import export_bundle
+from meltok_export.contract import TOLERANCES
+from meltok_export.errors import ExportOptionError, VerificationError
 from meltok_export.cli import main
 from meltok_export.onnx_export import model_sha256
-from meltok_export.verify import TOLERANCES, VerificationError, verify_bundle
+from meltok_export.verify import verify_bundle
 from meltok_runtime.errors import BackendError, BundleError, ModelMismatchError
 from meltok_runtime.manifest import file_sha256, load_manifest
 
@@ -48,6 +50,7 @@ def test_verify_bundle_reruns_and_checks_the_model(tiny_bundle, tiny_model, offi
     out, _ = tiny_bundle
     report = verify_bundle(out, tiny_model, max_seconds=2.0)
     assert report["passed"] and report["tensorrt"] == {"skipped": "the bundle has no TensorRT engines"}
+    assert "ort-cuda" in report["ort_cuda"]["skipped"] or "CUDA" in report["ort_cuda"]["skipped"]
     with pytest.raises(ModelMismatchError, match="exported from model"):
         verify_bundle(out, official_model)
 
@@ -90,7 +93,7 @@ def test_failed_export_keeps_the_previous_bundle(tiny_model, tiny_bundle, tmp_pa
     before = {p.name: file_sha256(p) for p in out.iterdir()}
     monkeypatch.setattr(bundle_module, "export_onnx", _partial_export_then(BundleError("forced by the test")))
     with pytest.raises(BundleError, match="forced by the test"):
-        export_bundle(tiny_model, out, precision="fp16")
+        export_bundle(tiny_model, out, precision="fp16", force=True)
     assert {p.name: file_sha256(p) for p in out.iterdir()} == before
     assert _leftovers(tmp_path, "bundle") == ["bundle"]
 
@@ -113,7 +116,7 @@ def _no_tensorrt(monkeypatch):
 
 def test_trt_engine_without_tensorrt_fails_fast(tiny_model, tmp_path, monkeypatch):
     _no_tensorrt(monkeypatch)
-    with pytest.raises(BackendError, match=r"TensorRT is not installed: pip install 'meltok\[trt\]'"):
+    with pytest.raises(BackendError, match=r"install it with: pip install -e '\.\[trt-build\]' --extra-index-url"):
         export_bundle(tiny_model, tmp_path / "out", engine="trt")
     assert _leftovers(tmp_path, "out") == []
 
@@ -148,7 +151,8 @@ def test_cli_trt_without_tensorrt_is_one_line_error(tiny_model_file, tmp_path, m
     result = CliRunner().invoke(main, ["export", str(tiny_model_file), "-o", str(out), "--engine", "trt"])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: TensorRT is not installed"), result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: building TensorRT engines (--engine trt) needs"), result.output
+    assert "pip install -e '.[trt-build]' --extra-index-url https://pypi.nvidia.com" in lines[0]
     assert _leftovers(tmp_path, "bundle") == []
 
 

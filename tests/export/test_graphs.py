@@ -11,7 +11,9 @@ import onnxruntime
 import pytest
 import torch
 
-from meltok_export.verify import FP16_TOKEN_FLOOR, verify_audio, verify_graphs
+from meltok_export.contract import FP16_TOKEN_FLOOR, verify_audio
+from meltok_export.verify import verify_graphs
+from meltok_runtime.manifest import load_manifest
 from meltok_runtime.framing import decoded_length, padded_length, token_columns
 
 
@@ -97,7 +99,8 @@ def test_verification_audio_is_real_and_shipped():
 
 
 def test_fp32_graphs_reproduce_the_model_on_real_audio(exported, official_model):
-    report = verify_graphs(official_model, exported("official", "fp32"), "fp32", max_seconds=3.0)
+    report = verify_graphs(official_model, exported("official", "fp32"), load_manifest(exported("official", "fp32")),
+                           max_seconds=3.0)
     assert report["passed"], report["failures"]
     assert report["token_agreement"] == 1.0
     assert report["waveform_snr_db"] > 80
@@ -107,7 +110,8 @@ def test_fp32_graphs_reproduce_the_model_on_real_audio(exported, official_model)
 
 @pytest.mark.parametrize("name", ["official", "tiny"])
 def test_fp16_token_agreement_on_real_audio(exported, models, name):
-    report = verify_graphs(models[name], exported(name, "fp16"), "fp16", max_seconds=3.0)
+    folder = exported(name, "fp16")
+    report = verify_graphs(models[name], folder, load_manifest(folder), max_seconds=3.0)
     print(f"{name} fp16: token agreement {report['token_agreement']:.4f}, waveform SNR "
           f"{report['waveform_snr_db']:.1f} dB, mel error {report['mel_mean_error']:.2g}")
     assert report["passed"], report["failures"]

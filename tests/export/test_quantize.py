@@ -8,11 +8,14 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from meltok_export.bundle import ExportOptionError, export_bundle
+from meltok_export.bundle import export_bundle
+from meltok_export.contract import TOLERANCES
+from meltok_export.errors import ExportOptionError
 from meltok_export.cli import main
 from meltok_export.onnx_export import precision_variant
-from meltok_export.quantize import float32_islands, float32_layers, island_violations
-from meltok_export.verify import TOLERANCES, check_tolerances, verify_bundle
+from meltok_export.islands import float32_islands, island_violations
+from meltok_export.quantize import float32_layers
+from meltok_export.verify import check_tolerances, verify_bundle
 from meltok_runtime import Codec
 from meltok_runtime.manifest import load_manifest
 
@@ -170,7 +173,7 @@ def test_int8_options_and_floors(tiny_model, tmp_path):
     with pytest.raises(ExportOptionError, match="ONNX Runtime on the CPU"):
         export_bundle(tiny_model, tmp_path / "b", engine="trt", precision="int8")
     assert not (tmp_path / "b").exists()
-    with pytest.raises(ValueError, match="quantized from the float32 graphs"):
+    with pytest.raises(ExportOptionError, match="quantized from the fp32 ones by the bundle writer"):
         precision_variant(tiny_model, "int8")
     passing = {"token_agreement": 0.9, "token_mismatches_beyond_ties": 50, "waveform_max_error": 0.5,
                "waveform_snr_db": 10.0, "mel_mean_error": 0.5, "mel_distance": 0.2}

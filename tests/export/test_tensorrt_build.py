@@ -1,127 +1,44 @@
-"""The TensorRT builder's decisions, exercised against a stand-in ``tensorrt`` module (no GPU needed):
-strongly typed networks for float16 graphs and on TensorRT 11, TF32 off for float32 graphs, the weakly
-typed FP16 path of TensorRT 10, optimisation profiles, the timing cache, parser errors."""
-import enum
+"""The TensorRT builder's decisions, run against an emulated GPU and a stand-in ``tensorrt`` whose enum values
+are TensorRT's own (``tests/runtime/gpu_fakes.py``): strongly typed networks, TF32 off in every build, the
+weakly typed FP16 path of TensorRT 10 pinning the float32 islands, profiles sized by the runtime's window,
+the per-user timing cache, version-compatible engines, and a whole ``--engine trt`` export verified on the
+runtime's trt backend."""
+import logging
 import sys
-import types
 
+import numpy as np
 import pytest
 
 from meltok_export import tensorrt_build
-from meltok_export.tensorrt_build import build_engine, profile_shapes
-from meltok_runtime.errors import BackendError, BundleError
+from meltok_export.bundle import bundle_limits, export_bundle
+from meltok_export.islands import island_node_names
+from meltok_export.tensorrt_build import build_engine, default_profile_seconds, profile_shapes
+from meltok_runtime import Codec
+from meltok_runtime.errors import BackendError, BundleError, MissingDependencyError
+from meltok_runtime.manifest import load_manifest
 
-
-class _Layer:
-    def __init__(self, name, kind):
-        self.name, self.type, self.precision, self.num_outputs, self.types = name, kind, None, 1, {0: "float16"}
-
-    def get_output_type(self, index):
-        return self.types[index]
-
-    def set_output_type(self, index, dtype):
-        self.types[index] = dtype
-
-
-def fake_tensorrt(version, parse_ok=True):
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.float32, trt.float16 = "float32", "float16"
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("Flag", {"STRONGLY_TYPED": 1})
-    names = ["TF32"] + (["FP16", "OBEY_PRECISION_CONSTRAINTS"] if version.startswith("10.") else [])
-    trt.BuilderFlag = enum.Enum("BuilderFlag", names)
-    trt.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
-    trt.LayerType = enum.Enum("LayerType", ["CONVOLUTION", "NORMALIZATION", "TOPK"])
-    log = trt.log = {"flags": set(), "cleared": set(), "profiles": {}}
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=None: None})
-
-    class Network:
-        def __init__(self, flags):
-            log["network_flags"] = flags
-            self.layers = [_Layer("/model/encoder/module/conv_in/Conv", trt.LayerType.CONVOLUTION),
-                           _Layer("/model/encoder/module/norm_out/module/InstanceNormalization",
-                                  trt.LayerType.NORMALIZATION),
-                           _Layer("/model/quantizer/ArgMin", trt.LayerType.TOPK)]
-            self.num_layers = len(self.layers)
-
-        def get_layer(self, index):
-            return self.layers[index]
-
-    class Parser:
-        num_errors = 0 if parse_ok else 1
-
-        def __init__(self, network, logger):
-            log["network"] = network
-
-        def parse_from_file(self, path):
-            return parse_ok
-
-        def get_error(self, index):
-            return "In node 3 (Foo): UNSUPPORTED_NODE"
-
-    class Cache:
-        def serialize(self):
-            return b"timing-cache"
-
-    class Config:
-        def set_flag(self, flag):
-            log["flags"].add(flag.name)
-
-        def clear_flag(self, flag):
-            log["cleared"].add(flag.name)
-
-        def set_memory_pool_limit(self, pool, size):
-            log["workspace"] = size
-
-        def add_optimization_profile(self, profile):
-            log["profiles"] = profile.shapes
-
-        def create_timing_cache(self, data):
-            log["cache_in"] = bytes(data)
-            return Cache()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, low, opt, high):
-            self.shapes[name] = (list(low), list(opt), list(high))
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        create_network = staticmethod(lambda flags: Network(flags))
-        create_builder_config = staticmethod(Config)
-        create_optimization_profile = staticmethod(Profile)
-
-        def build_serialized_network(self, network, config):
-            return b"plan-bytes"
-
-    trt.Builder, trt.OnnxParser = Builder, Parser
-    return trt
+from ..runtime.gpu_fakes import FakeCudart, fake_tensorrt_builder
 
 
 @pytest.fixture
-def use_trt(monkeypatch):
-    def install(version, parse_ok=True):
-        trt = fake_tensorrt(version, parse_ok)
+def use_trt(monkeypatch, tmp_path):
+    """``use_trt(version, ...)`` installs a fake TensorRT builder on an emulated H100; the per-user cache
+    lives in ``tmp_path``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def install(version, **options):
+        cudart = FakeCudart()
+        trt = fake_tensorrt_builder(cudart, version, **options)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setattr(tensorrt_build, "device_info", lambda device=0: {"compute_capability": "9.0",
-                                                                              "name": "Fake H100"})
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
         return trt
     return install
 
 
 @pytest.fixture(scope="module")
 def profiles(tiny_model):
-    return profile_shapes(tiny_model, max_batch=4, max_seconds=8.0, opt_seconds=2.0)
+    limits = bundle_limits(tiny_model, max_batch=4, max_seconds=8.0, opt_seconds=2.0)
+    return profile_shapes(limits, tiny_model.token_rows, tiny_model.hop_length, tiny_model.config.tokenizer.compression)
 
 
 def test_profiles_follow_the_framing_rules(profiles):
@@ -132,49 +49,74 @@ def test_profiles_follow_the_framing_rules(profiles):
     assert tokens["min"][2] == 1 and tokens["max"][2] == (audio["max"][1] // 256 + 1) // 8
 
 
+def test_default_profile_is_one_runtime_window(tiny_model, tiny_bundle):
+    """max = the runtime's default window plus the column it keeps spare, so the codec's windows fit exactly."""
+    max_seconds, opt_seconds = default_profile_seconds(tiny_model)
+    assert 12.0 < max_seconds < 12.1 and 11.9 < opt_seconds <= 12.0
+    limits = bundle_limits(tiny_model, max_batch=16, max_seconds=max_seconds, opt_seconds=opt_seconds)
+    with Codec.open(tiny_bundle[0], backend="ort-cpu") as codec:  # 30 s limits: the window is the default one
+        assert limits["max_columns"] == codec.window_columns + 1
+        assert limits["opt_samples"] == (8 * codec.window_columns - 1) * 256
+
+
 def test_float32_graph_on_tensorrt_10(use_trt, exported, profiles, tmp_path):
     trt = use_trt("10.13.0")
     folder = exported("tiny", "fp32")
     entry = build_engine(folder / "decoder.onnx", tmp_path / "decoder.plan", profiles["decoder"], precision="fp32",
-                         graph="decoder", timing_cache=tmp_path / "cache.bin")
-    assert trt.log["network_flags"] == 0 and trt.log["cleared"] == {"TF32"} and not trt.log["flags"]
-    low, opt, high = trt.log["profiles"]["tokens"]
-    assert [low, opt, high] == [profiles["decoder"]["tokens"][k] for k in ("min", "opt", "max")]
-    assert (tmp_path / "decoder.plan").read_bytes() == b"plan-bytes"
-    assert (tmp_path / "cache.bin").read_bytes() == b"timing-cache"
-    assert (entry.graph, entry.file, entry.tensorrt_version, entry.compute_capability, entry.device_name) == (
-        "decoder", "decoder.plan", "10.13.0", "9.0", "Fake H100")
+                         graph="decoder")
+    assert trt.log["network_flags"] == 0 and trt.log["cleared"] == {"TF32"} and not trt.log["set"]
+    assert trt.log["profiles"]["tokens"] == profiles["decoder"]["tokens"]
+    assert (entry.graph, entry.file, entry.tensorrt_version, entry.compute_capability, entry.device_name,
+            entry.version_compatible) == ("decoder", "decoder.plan", "10.13.0", "9.0", "NVIDIA H100 80GB HBM3", False)
+    cache = tmp_path / "cache" / "meltok" / "tensorrt-timing.cache"
+    assert cache.read_bytes() == b"+timing" and not (tmp_path / "timing.cache").exists()  # nothing unhashed shipped
     build_engine(folder / "decoder.onnx", tmp_path / "decoder.plan", profiles["decoder"], precision="fp32",
-                 graph="decoder", timing_cache=tmp_path / "cache.bin")
-    assert trt.log["cache_in"] == b"timing-cache"  # the second build starts from the first one's cache
+                 graph="decoder")
+    assert trt.log["cache_in"] == b"+timing"  # the second build (any later export) starts from the first's cache
 
 
-def test_float16_graph_is_strongly_typed(use_trt, exported, profiles, tmp_path):
+def test_float16_graph_is_strongly_typed_with_tf32_off(use_trt, exported, profiles, tmp_path):
     trt = use_trt("10.13.0")
     build_engine(exported("tiny", "fp16") / "encoder.onnx", tmp_path / "encoder.plan", profiles["encoder"],
-                 precision="fp16", graph="encoder")
-    assert trt.log["network_flags"] == 1 << 1 and not trt.log["flags"] and not trt.log["cleared"]
-    assert (tmp_path / "timing.cache").is_file()
+                 precision="fp16", graph="encoder", timing_cache=tmp_path / "mine.cache", version_compatible=True)
+    assert trt.log["network_flags"] == 1 << 1  # TensorRT 10: STRONGLY_TYPED is 1
+    assert trt.log["cleared"] == {"TF32"} and trt.log["set"] == {"VERSION_COMPATIBLE"}
+    assert (tmp_path / "mine.cache").is_file()
 
 
 def test_weakly_typed_fp16_on_tensorrt_10_pins_the_islands(use_trt, exported, profiles, tmp_path):
+    import onnx
+
     trt = use_trt("10.13.0")
-    build_engine(exported("tiny", "fp32") / "encoder.onnx", tmp_path / "encoder.plan", profiles["encoder"],
-                 precision="fp16", graph="encoder")
-    assert trt.log["flags"] == {"FP16", "OBEY_PRECISION_CONSTRAINTS"} and trt.log["network_flags"] == 0
-    conv, norm, argmin = trt.log["network"].layers
-    assert conv.precision is None and norm.precision == argmin.precision == "float32"
-    assert argmin.types[0] == "float32"
+    path = exported("tiny", "fp32") / "encoder.onnx"
+    build_engine(path, tmp_path / "encoder.plan", profiles["encoder"], precision="fp16", graph="encoder")
+    assert trt.log["set"] == {"FP16", "OBEY_PRECISION_CONSTRAINTS"} and trt.log["cleared"] == {"TF32"}
+    islands = island_node_names(onnx.load(str(path)), "encoder")
+    layers = trt.log["network"].layers
+    pinned = {layer.name for layer in layers if layer.precision == trt.float32}
+    assert islands <= pinned and all(layer.types[0] == trt.float32 for layer in layers if layer.name in islands)
+    trunk = [layer for layer in layers if layer.name not in pinned and "Conv" in layer.name]
+    assert trunk and all(layer.precision is None for layer in trunk)  # the trunk is left to FP16
 
 
-def test_tensorrt_11_refuses_weak_typing_and_types_everything(use_trt, exported, profiles, tmp_path):
+def test_tensorrt_11_refuses_weak_typing_and_needs_no_flag(use_trt, exported, profiles, tmp_path):
     trt = use_trt("11.4.0")
     with pytest.raises(BackendError, match="strongly typed"):
         build_engine(exported("tiny", "fp32") / "encoder.onnx", tmp_path / "e.plan", profiles["encoder"],
                      precision="fp16", graph="encoder")
-    build_engine(exported("tiny", "fp32") / "encoder.onnx", tmp_path / "e.plan", profiles["encoder"],
-                 precision="fp32", graph="encoder")
-    assert trt.log["network_flags"] == 1 << 1 and trt.log["cleared"] == {"TF32"}
+    build_engine(exported("tiny", "fp16") / "encoder.onnx", tmp_path / "e.plan", profiles["encoder"],
+                 precision="fp16", graph="encoder")
+    assert trt.log["network_flags"] == 0 and trt.log["cleared"] == {"TF32"}  # STRONGLY_TYPED is 0, deprecated
+
+
+def test_a_refused_timing_cache_is_a_warning(use_trt, exported, profiles, tmp_path, caplog):
+    use_trt("10.13.0", cache_ok=False)
+    stale = tmp_path / "stale.cache"
+    stale.write_bytes(b"from another GPU")
+    with caplog.at_level(logging.WARNING, logger="meltok_export"):
+        build_engine(exported("tiny", "fp32") / "decoder.onnx", tmp_path / "d.plan", profiles["decoder"],
+                     precision="fp32", graph="decoder", timing_cache=stale)
+    assert "refused the timing cache" in caplog.text and (tmp_path / "d.plan").is_file()
 
 
 def test_parser_errors_are_reported(use_trt, exported, profiles, tmp_path):
@@ -185,55 +127,28 @@ def test_parser_errors_are_reported(use_trt, exported, profiles, tmp_path):
     assert not (tmp_path / "e.plan").exists()
 
 
-def test_missing_tensorrt_is_a_backend_error(monkeypatch, exported, profiles, tmp_path):
+def test_missing_builder_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    assert "pip install 'meltok[trt]'" in tensorrt_build.tensorrt_available()
-    with pytest.raises(BackendError, match="TensorRT is not installed"):
-        build_engine(exported("tiny", "fp32") / "encoder.onnx", tmp_path / "e.plan", profiles["encoder"],
-                     precision="fp32", graph="encoder")
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[trt-build\]' --extra-index-url "
+                                                     r"https://pypi\.nvidia\.com"):
+        tensorrt_build.require_tensorrt()
 
 
-class _OrtEngine:
-    """Stands in for EngineRunner: runs the graph the plan was 'built' from with ONNX Runtime."""
-
-    def __init__(self, plan_path):
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(plan_path).replace(".plan", ".onnx"),
-                                                    providers=["CPUExecutionProvider"])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def run(self, feeds):
-        return dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds)))
-
-
-def test_engine_verification_plumbing(tiny_bundle, tiny_model, profiles, monkeypatch):
-    from meltok_export.verify import tolerance_record, verify_engines
-    from meltok_runtime.manifest import EngineEntry
-
-    monkeypatch.setattr(tensorrt_build, "tensorrt_available", lambda: None)
-    monkeypatch.setattr(tensorrt_build, "engine_mismatch", lambda engine: None)
-    monkeypatch.setattr(tensorrt_build, "EngineRunner", _OrtEngine)
-    out, manifest = tiny_bundle
-    small = {g: {n: dict(s, max=[1, *s["max"][1:]]) for n, s in p.items()} for g, p in profiles.items()}
-    engines = tuple(EngineEntry(graph=g, file=f"{g}.plan", sha256="0", onnx_sha256="0", tensorrt_version="10.13.0",
-                                compute_capability="9.0", device_name="Fake", precision="fp32", profile=small[g])
-                    for g in ("encoder", "decoder"))
-    report = verify_engines(tiny_model, out, engines, "fp32", max_seconds=2.0)
-    assert report["passed"], report["failures"]
-    assert {c["batch"] for c in report["cases"]} == {1}  # the batch-2 case is outside the profile
-    assert report["vs_onnxruntime"]["token_agreement"] == 1.0
-    record = tolerance_record({**_ort_report(manifest), "tensorrt": report})
-    assert record["tensorrt"]["vs_onnxruntime"]["waveform_snr_db"] > 100
-
-
-def _ort_report(manifest):
-    figures = manifest.tolerances["onnxruntime"]
-    return {**figures, "tolerances": manifest.tolerances["limits"], "reference": "r", "audio": "a", "backend": "b",
-            "cases": [{"name": "x", "batch": 1, "samples": 1, "columns": 1, "token_agreement": 1.0,
-                       "waveform_snr_db": 99.0}]}
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_trt_export_end_to_end_on_the_runtime_backend(use_trt, tiny_model, tmp_path, precision):
+    """``export_bundle(engine="trt")`` builds (fake) engines and verifies them with the runtime's own trt
+    backend on the emulated GPU; the bundle then runs with ``Codec.open(backend="trt")``."""
+    use_trt("10.13.0")
+    out = tmp_path / "bundle"
+    manifest = export_bundle(tiny_model, out, engine="trt", precision=precision, max_batch=2, verify_seconds=2.0,
+                             version_compatible=True)
+    trt = manifest.tolerances["tensorrt"]
+    assert "skipped" not in trt and trt["backend"] == "trt"
+    assert trt["vs_onnxruntime"]["token_agreement"] == 1.0 and trt["vs_onnxruntime"]["waveform_snr_db"] > 100
+    assert all(engine.version_compatible for engine in manifest.engines)
+    assert manifest.limits["max_columns"] == 259 and manifest.engines[0].profile["audio"]["opt"][0] == 1
+    assert load_manifest(out) == manifest and sorted(p.name for p in out.iterdir()) == [
+        "decoder.onnx", "decoder.plan", "encoder.onnx", "encoder.plan", "manifest.json"]
+    with Codec.open(out, backend="trt") as codec, Codec.open(out, backend="ort-cpu") as reference:
+        audio = np.sin(np.arange(3 * 44100) * 0.05).astype(np.float32) * 0.3
+        assert np.array_equal(codec.encode(audio), reference.encode(audio))

@@ -262,7 +262,7 @@ import sys, torch
 from meltok import MelTok
 from meltok_export.bundle import export_bundle
 torch.manual_seed(int(sys.argv[2]))
-export_bundle(MelTok.from_config("tiny"), sys.argv[1], verify_seconds=1.0)
+export_bundle(MelTok.from_config("tiny"), sys.argv[1], verify_seconds=1.0, force=True)
 """
 
 

@@ -3,8 +3,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +16,8 @@ from meltok_runtime.backends.base import Backend
 from meltok_runtime.errors import (BackendError, BundleError, EngineMismatchError, InputSpecError,
                                    ModelMismatchError)
 from meltok_runtime.manifest import EngineEntry, load_manifest
+
+from .gpu_fakes import FakeCudart, fake_tensorrt
 
 
 # ------------------------------------------------------------------------------ interface
@@ -130,7 +132,7 @@ def test_auto_falls_back_to_ort_cpu_and_says_why(tiny_bundle, caplog):
 
 def test_named_backend_that_cannot_run_raises(tiny_bundle):
     if "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
-        with pytest.raises(BackendError, match="pip install onnxruntime-gpu instead of onnxruntime"):
+        with pytest.raises(BackendError, match="replace onnxruntime by onnxruntime-gpu"):
             Codec.open(tiny_bundle, backend="ort-cuda")
     with pytest.raises(BackendError, match="no TensorRT engine"):
         Codec.open(tiny_bundle, backend="trt")
@@ -196,36 +198,12 @@ def test_engine_file_must_match_its_hash(tmp_path, manifest):
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """Pretend TensorRT 10.3.0 and a compute capability 9.0 GPU are present; record deserialisation."""
-    calls = []
-    success = "cudaSuccess"
-    cudart = SimpleNamespace(
-        cudaError_t=SimpleNamespace(cudaSuccess=success),
-        cudaDeviceAttr=SimpleNamespace(cudaDevAttrComputeCapabilityMajor="major",
-                                       cudaDevAttrComputeCapabilityMinor="minor"),
-        cudaGetDeviceCount=lambda: (success, 1),
-        cudaSetDevice=lambda device: (success,),
-        cudaDeviceGetAttribute=lambda attr, device: (success, 9 if attr == "major" else 0),
-    )
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            calls.append(data)
-            return None
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            pass
-
-    tensorrt = SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=Runtime)
-    monkeypatch.setattr(trt_module, "import_tensorrt", lambda: tensorrt)
-    monkeypatch.setattr(trt_module, "import_cudart", lambda: cudart)
-    return calls
+    """An emulated compute capability 9.0 GPU with TensorRT 10.3.0; returns what TensorRT deserialised."""
+    cudart = FakeCudart()
+    tensorrt = fake_tensorrt(cudart, version="10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    return tensorrt.deserialized
 
 
 def write_engines(bundle, manifest, **changes):
@@ -253,7 +231,7 @@ def test_valid_engine_metadata_reaches_tensorrt(bundle_copy, manifest, fake_gpu)
     write_engines(bundle_copy, manifest)
     with pytest.raises(BackendError, match="TensorRT could not load the engine"):
         Codec.open(bundle_copy, backend="trt")
-    assert fake_gpu == [b"not really an engine"]
+    assert fake_gpu == [{"bytes": len(b"not really an engine"), "host_code": False}]
 
 
 # ------------------------------------------------------------------------------ corrupt bundles

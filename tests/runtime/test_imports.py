@@ -69,7 +69,7 @@ def test_every_module_imports_without_optional_dependencies(tiny_bundle):
         for name in {MODULES!r}:
             importlib.import_module(name)
         from meltok_runtime import BackendError, Codec
-        for backend, expected in [("ort-cpu", "onnxruntime is not installed"), ("trt", "no TensorRT engine")]:
+        for backend, expected in [("ort-cpu", "install it with: pip install -e '.[cpu]'"), ("trt", "no TensorRT engine")]:
             try:
                 Codec.open(sys.argv[1], backend=backend)
             except BackendError as error:

@@ -43,19 +43,6 @@ def test_auto_picks_tensorrt_and_matches_onnx_runtime(trt_bundle, long_music):
         assert short.shape == (1, 12, 1)
 
 
-def test_device_buffers_are_reused_and_grown(trt_bundle):
-    manifest = load_manifest(trt_bundle)
-    with TrtBackend(trt_bundle, manifest, "decoder") as backend:
-        backend.run({"tokens": np.zeros((1, 12, 20), np.int32)})
-        first = {name: tuple(buffer) for name, buffer in backend._buffers.items()}
-        backend.run({"tokens": np.ones((1, 12, 20), np.int32)})
-        assert {name: tuple(buffer) for name, buffer in backend._buffers.items()} == first
-        backend.run({"tokens": np.ones((2, 12, 40), np.int32)})
-        assert all(backend._buffers[name][1] > first[name][1] for name in first)
-        with pytest.raises(InputSpecError, match="optimisation profile"):
-            backend.run({"tokens": np.zeros((1, 12, 10_000), np.int32)})
-
-
 def test_concurrent_runs_equal_serial_runs(trt_bundle, long_music):
     with Codec.open(trt_bundle, backend="trt") as codec:
         clips = [long_music[i * 20000: i * 20000 + 5000 + 7000 * i] for i in range(12)]

@@ -1,0 +1,162 @@
+"""The GPU check in one command: ``python -m benchmarks.gpu_check`` (from the repository root).
+
+On a machine with an NVIDIA GPU (and the extras of the README's GPU rows installed), within about
+8 minutes:
+
+1. runs the tests marked ``gpu`` or ``trt`` (``pytest -m "gpu or trt"``);
+2. encodes real audio (``tests/data``) with the shipped model on every GPU backend that can run here
+   (``ort-cuda``; ``trt`` where TensorRT's builder can make engines) and compares the tokens with
+   ``ort-cpu``: fp32 bundles must give identical tokens (TF32 is off everywhere), fp16 bundles at
+   least ``FP16_AGREEMENT`` of them;
+3. prints the latency table of ``benchmarks.speed`` for the shipped model and ``paper`` on the GPU
+   backends.
+
+Each step gets what is left of ``--budget-seconds``; a step that cannot run says why. Exit status 0
+only when every step that ran passed. Without an NVIDIA GPU it says so in one line and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = ("music.flac", "speech.flac", "effects.flac")
+FP16_AGREEMENT = 0.99
+GPU_BACKENDS = ("ort-cuda", "trt")
+
+
+def gpu_present() -> str | None:
+    """None where the NVIDIA driver sees a GPU, else why not (one line)."""
+    from meltok_runtime.backends.cuda import driver_device_count
+    from meltok_runtime.errors import MeltokError
+
+    try:
+        count = driver_device_count()
+    except MeltokError as error:
+        return str(error)
+    return None if count else "the NVIDIA driver sees no GPU"
+
+
+def real_audio(seconds: float = 4.0) -> np.ndarray:
+    """``[len(CLIPS), seconds * 44100]`` float32: the first seconds of each test clip, mono."""
+    from meltok_runtime.audio import load_audio, prepare_audio
+
+    rows = []
+    for name in CLIPS:
+        audio, rate = load_audio(ROOT / "tests" / "data" / name)
+        mono = prepare_audio(audio[None], rate)[0][0][: int(seconds * 44100)]
+        rows.append(np.pad(mono, (0, int(seconds * 44100) - mono.shape[0])))
+    return np.stack(rows).astype(np.float32)
+
+
+def compare_backends(bundle, audio: np.ndarray, backends=GPU_BACKENDS) -> list[dict]:
+    """Token agreement of each GPU backend with ort-cpu on ``audio``; a backend that cannot run says why."""
+    from meltok_runtime import Codec
+    from meltok_runtime.errors import MeltokError
+
+    with Codec.open(bundle, backend="ort-cpu") as reference:
+        expected = reference.encode(audio)
+        precision = reference.manifest.graphs["encoder"].precision
+    rows = []
+    for name in backends:
+        row = {"bundle": str(bundle), "precision": precision, "backend": name}
+        try:
+            with Codec.open(bundle, backend=name) as codec:
+                tokens = codec.encode(audio)
+        except MeltokError as error:
+            rows.append({**row, "status": f"not run: {error}"})
+            continue
+        agreement = float(np.mean(tokens == expected))
+        needed = 1.0 if precision == "fp32" else FP16_AGREEMENT
+        rows.append({**row, "agreement": agreement, "needed": needed,
+                     "status": "passed" if agreement >= needed else "FAILED"})
+    return rows
+
+
+def export_engines(model_file, folder: Path, precision: str) -> Path | str:
+    """A bundle of ``model_file`` with TensorRT engines in ``folder``, or why none could be built."""
+    from meltok_runtime.errors import MeltokError
+
+    try:
+        from meltok import MelTok
+        from meltok_export.bundle import export_bundle
+        from meltok_export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+        export_bundle(MelTok.load(model_file), folder, engine="trt", precision=precision, max_batch=4)
+    except (MeltokError, ImportError) as error:
+        return f"no {precision} engines: {error}"
+    return folder
+
+
+def render(rows: list[dict]) -> str:
+    lines = [f"{'bundle':28} {'precision':9} {'backend':8} {'agreement':>9} {'needed':>7}  status"]
+    for row in rows:
+        agreement = f"{row['agreement']:.4%}" if "agreement" in row else "-"
+        needed = f"{row['needed']:.0%}" if "needed" in row else "-"
+        lines.append(f"{Path(row['bundle']).name[:28]:28} {row['precision']:9} {row['backend']:8} {agreement:>9} "
+                     f"{needed:>7}  {row['status']}")
+    return "\n".join(lines)
+
+
+def _run(command: list[str], seconds_left: float) -> int:
+    if seconds_left < 30:
+        print(f"not run (out of time): {' '.join(command)}", flush=True)
+        return 1
+    try:
+        return subprocess.run(command, cwd=ROOT, timeout=seconds_left).returncode
+    except subprocess.TimeoutExpired:
+        print(f"stopped after {seconds_left:.0f} s: {' '.join(command)}", flush=True)
+        return 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-seconds", type=float, default=480.0, help="the whole check (default: 8 minutes)")
+    parser.add_argument("--skip-tests", action="store_true", help="leave out step 1")
+    parser.add_argument("--skip-speed", action="store_true", help="leave out step 3")
+    args = parser.parse_args(argv)
+    reason = gpu_present()
+    if reason:
+        print(f"GPU check not run: no NVIDIA GPU here ({reason})")
+        return 1
+    deadline = time.monotonic() + args.budget_seconds
+    failed = False
+    if not args.skip_tests:
+        print("== 1. tests marked gpu or trt", flush=True)
+        failed |= _run([sys.executable, "-m", "pytest", "-q", "-m", "gpu or trt", "tests"],
+                       0.4 * (deadline - time.monotonic())) != 0
+    print("== 2. GPU tokens against ort-cpu (shipped model, real audio)", flush=True)
+    from meltok.default_model import DEFAULT_MODEL
+    from meltok_runtime.codec import default_bundle
+
+    audio = real_audio()
+    rows = compare_backends(default_bundle(), audio, backends=("ort-cuda",))
+    with tempfile.TemporaryDirectory(prefix="meltok-gpu-check-") as scratch:
+        for precision in ("fp32", "fp16"):
+            bundle = export_engines(DEFAULT_MODEL, Path(scratch) / f"shipped-{precision}", precision)
+            if isinstance(bundle, str):
+                rows.append({"bundle": f"shipped-{precision}", "precision": precision, "backend": "trt",
+                             "status": f"not run: {bundle}"})
+                continue
+            rows += compare_backends(bundle, audio)
+    print(render(rows), flush=True)
+    failed |= any(row["status"] == "FAILED" for row in rows)
+    if not args.skip_speed:
+        print("== 3. latency (benchmarks.speed), shipped model and paper", flush=True)
+        failed |= _run([sys.executable, "-m", "benchmarks.speed", "--presets", "paper", "--threads", "4",
+                        "--backends", "torch-cuda-fp32,ort-cuda-fp32,ort-cuda-fp16,trt-fp16", "--batches", "1,16",
+                        "--seconds", "1,10", "--repeats", "5", "--budget-seconds", "60"],
+                       deadline - time.monotonic()) != 0
+    print("GPU check: " + ("FAILED" if failed else "passed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

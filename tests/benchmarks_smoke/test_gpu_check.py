@@ -1,0 +1,48 @@
+"""``python -m benchmarks.gpu_check``: its CPU-side logic on an emulated GPU (``tests/runtime/gpu_fakes.py``)."""
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import gpu_check
+from meltok_runtime.backends import cuda as cuda_module
+
+from ..runtime.gpu_fakes import FakeCudart, FakeDriver, FakeOrtModule
+from ..runtime.test_gpu_backends import add_engines
+
+
+def test_without_a_gpu_it_says_so_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cuda_module, "_load_driver", lambda: None)
+    assert gpu_check.main([]) == 1
+    output = capsys.readouterr().out.strip().splitlines()
+    assert output == ["GPU check not run: no NVIDIA GPU here (no NVIDIA driver is installed here (libcuda not "
+                      "found), so CUDA cannot run)"]
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    from ..runtime.gpu_fakes import fake_tensorrt
+
+    cudart = FakeCudart()
+    monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrtModule())
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(cudart))
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    monkeypatch.setattr(cuda_module, "_load_driver", lambda: FakeDriver(count=1))
+
+
+def test_token_comparison_on_an_emulated_gpu(fake_gpu, bundle_copy, long_music):
+    add_engines(bundle_copy)
+    audio = np.stack([long_music[:2 * 44100], long_music[5 * 44100:7 * 44100]])
+    rows = gpu_check.compare_backends(bundle_copy, audio)
+    assert [(r["backend"], r["status"], r["agreement"]) for r in rows] == [("ort-cuda", "passed", 1.0),
+                                                                          ("trt", "passed", 1.0)]
+    table = gpu_check.render(rows)
+    assert "100.0000%" in table and table.count("passed") == 2
+
+
+def test_main_runs_the_comparison_and_reports(fake_gpu, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "export_engines", lambda model, folder, precision: "no builder (test)")
+    assert gpu_check.main(["--skip-tests", "--skip-speed"]) == 0
+    output = capsys.readouterr().out
+    assert "ort-cuda" in output and "100.0000%" in output and "not run: no builder (test)" in output
+    assert output.strip().endswith("GPU check: passed")
