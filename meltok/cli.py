@@ -11,7 +11,6 @@ from meltok_runtime.cli_support import (load_for_encoding, setup_logging, user_e
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
 
-from .evaluate import eval_command
 from .train.cli import train
 
 log = logging.getLogger("meltok")
@@ -115,6 +114,37 @@ def info(path):
         "distinct_codes": int(np.unique(tokens).size)}, indent=2))
 
 
+@main.command(name="eval")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "report_prefix", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as two files, REPORT_PREFIX.json (summaries and every clip) and "
+                   "REPORT_PREFIX.csv (one row per clip); a .json or .csv suffix is dropped first.")
+@click.option("--plots", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for PNG plots of original vs reconstructed mel spectrograms (a few clips).")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Evaluate only the first S seconds of each clip.")
+@click.option("--no-visqol", is_flag=True, help="Skip ViSQOL (the slowest metric).")
+@click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
+@user_errors
+def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, device):
+    """Evaluate MODEL (.safetensors model file or export bundle folder) on the audio under AUDIO_DIR.
+
+    Categories (music/speech/effects) come from the first folder under AUDIO_DIR.
+    """
+    from .evaluation import evaluate
+    from .evaluation.report import report_paths
+
+    report = evaluate(model, audio_dir, plot_dir=plot_dir, max_seconds=max_seconds, use_visqol=not no_visqol,
+                      output=report_prefix, device=device)
+    click.echo(report.table())
+    if report_prefix:
+        json_path, csv_path = report_paths(report_prefix)
+        click.echo(f"wrote {json_path} and {csv_path}")
+    if plot_dir:
+        click.echo(f"wrote plots to {plot_dir}")
+
+
 @main.group()
 def data():
     """Training data: build a corpus from folders of audio."""
@@ -171,5 +201,4 @@ def data_clips(corpus, output, split, categories, per_source, seconds, sources, 
     click.echo(f"wrote {len(clips)} clips to {output}")
 
 
-main.add_command(eval_command)
 main.add_command(train)
