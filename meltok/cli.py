@@ -125,9 +125,13 @@ def info(path):
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Evaluate only the first S seconds of each clip.")
 @click.option("--no-visqol", is_flag=True, help="Skip ViSQOL (the slowest metric).")
+@click.option("--anchors", is_flag=True,
+              help="Also score classic codecs on the same clips (Opus 6/12 kbps, Vorbis q-1, MP3 16 kbps: "
+                   "each skipped when its tool is missing) and true mel + Griffin-Lim; print one table "
+                   "(with -o also REPORT_PREFIX-anchors.json).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
 @user_errors
-def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, device):
+def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, anchors, device):
     """Evaluate MODEL (.safetensors model file or export bundle folder) on the audio under AUDIO_DIR.
 
     Categories (music/speech/effects) come from the first folder under AUDIO_DIR.
@@ -138,9 +142,17 @@ def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visq
     report = evaluate(model, audio_dir, plot_dir=plot_dir, max_seconds=max_seconds, use_visqol=not no_visqol,
                       output=report_prefix, device=device)
     click.echo(report.table())
-    if report_prefix:
-        json_path, csv_path = report_paths(report_prefix)
-        click.echo(f"wrote {json_path} and {csv_path}")
+    written = list(report_paths(report_prefix)) if report_prefix else []
+    if anchors:
+        from .evaluation.anchors import anchors_table, run_anchors, write_anchors
+
+        results = run_anchors(audio_dir, max_seconds=max_seconds, use_visqol=not no_visqol)
+        click.echo("")
+        click.echo(anchors_table(report, results))
+        if report_prefix:
+            written.append(write_anchors(report_prefix, report, results))
+    if written:
+        click.echo("wrote " + ", ".join(str(path) for path in written))
     if plot_dir:
         click.echo(f"wrote plots to {plot_dir}")
 
