@@ -116,6 +116,10 @@ def test_stage1_overfits_one_batch(fixed_batch):
     assert last["train/total"] < 0.6 * first["train/total"]
     assert last["train/mel_l1"] < 0.6 * first["train/mel_l1"]
     assert all(np.isfinite(h["train/vq"]) and h["train/perceptual"] >= 0 for h in history)
+    scalars, _ = stage.validate(fixed_batch)
+    bands = [float(scalars[f"val/mel_l1_{name}"]) for name in ("low", "mid", "high")]
+    assert all(value > 0 for value in bands)
+    assert float(scalars["val/mel_l1"]) == pytest.approx(np.mean(bands), rel=1e-4)  # 96 rows in equal thirds
 
 
 @pytest.mark.parametrize("gan", [True, False])
