@@ -95,8 +95,11 @@ class Stage2Config:
     discriminators are built. ``mrstft_weight`` is used only in that mode.
 
     Added to the reference in both modes (weight 0 turns a term off; see ``losses``):
-    ``phase_weight * (IP + GD + TD)``, APNet's anti-wrapped phase losses at ``phase_ffts``
-    (against the frame-rate buzz of the ISTFT head); ``complex_weight *`` the multi-resolution
+    ``phase_weight * (GD + TD) + ip_weight * IP``, APNet's anti-wrapped phase losses at
+    ``phase_ffts`` (against the frame-rate buzz of the ISTFT head, which lives in the phase: the
+    model's magnitudes with the input's phase do not buzz, and the input's magnitudes with
+    either the input's phase advance along time or along frequency do not either, whatever the
+    absolute phase; so IP, which a mel vocoder cannot know, is off by default); ``complex_weight *`` the multi-resolution
     complex STFT loss at ``mrstft_ffts``; ``level_weight *`` the energy-preserving level loss
     (against the level loss of a log-domain L1). ``gain_db_min``: each training crop is scaled
     by a random gain uniform in ``[gain_db_min, 0]`` dB after the corpus' peak normalisation to
@@ -121,7 +124,8 @@ class Stage2Config:
     mrd_ffts: tuple[int, ...] = (2048, 1024, 512)
     mrd_channels: int = 64
     mrstft_ffts: tuple[int, ...] = (2048, 1024, 512)
-    phase_weight: float = 1.0
+    phase_weight: float = 10.0
+    ip_weight: float = 0.0
     phase_ffts: tuple[int, ...] = (1024,)
     complex_weight: float = 1.0
     level_weight: float = 5.0
@@ -137,7 +141,7 @@ class Stage2Config:
         _check(self.weight_decay >= 0, f"stage2.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0 and self.gan_start_step >= 0, "stage2 step counts must be >= 0")
         _check(min(self.mel_weight, self.mrd_weight, self.fm_weight, self.mrstft_weight, self.phase_weight,
-                   self.complex_weight, self.level_weight) >= 0, "stage2 loss weights must be >= 0")
+                   self.ip_weight, self.complex_weight, self.level_weight) >= 0, "stage2 loss weights must be >= 0")
         _check(self.gain_db_min <= 0, f"stage2.gain_db_min must be <= 0 dB (0 = off), got {self.gain_db_min}")
         _check(len(self.mpd_periods) >= 1 and all(p >= 1 for p in self.mpd_periods),
                f"stage2.mpd_periods must be periods >= 1, got {self.mpd_periods}")

@@ -99,7 +99,7 @@ class Stage2(Stage):
         with float32_region(audio):
             mel_hat, mel = self.model.log_mel(audio_hat.float()), self.model.log_mel(audio.float())
             losses = {"mel_l1": mel_l1(mel_hat, mel)}
-            if cfg.phase_weight:
+            if cfg.phase_weight or cfg.ip_weight:
                 losses.update(self.phase(audio_hat, audio))
             if cfg.complex_weight:
                 losses["complex_stft"] = self.complex_stft(audio_hat, audio)
@@ -109,7 +109,7 @@ class Stage2(Stage):
 
     def _weighted_sum(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config.stage2
-        weights = {"mel_l1": cfg.mel_weight, "ip": cfg.phase_weight, "gd": cfg.phase_weight,
+        weights = {"mel_l1": cfg.mel_weight, "ip": cfg.ip_weight, "gd": cfg.phase_weight,
                    "td": cfg.phase_weight, "complex_stft": cfg.complex_weight, "level": cfg.level_weight}
         return sum(weights[name] * value for name, value in losses.items())
 
