@@ -81,16 +81,26 @@ class PhaseLoss(nn.Module):
 
     APNet predicts phase directly; here the phase comes from a waveform, where near-silent bins
     have meaningless phase and a gradient ``1 / |X|`` that explodes. Each bin's error is therefore
-    weighted by ``|X_ref| * |X_pred|`` (the prediction's magnitude detached), normalised to sum
-    to one per term. ``forward(prediction [B, N], target [B, N]) -> {"ip", "gd", "td"}`` scalars
-    in radians (0 for identical signals, at most pi).
+    weighted by ``m = |X_ref| * |X_pred|`` (the prediction's magnitude detached) divided by the
+    mean of ``m`` over the frames of its frequency bin (floored at ``rel_floor`` times the mean
+    over all bins): every frequency counts alike, as the frame-rate lines do (most of them lie
+    in quiet high bands), and within a frequency the louder frames count more. Weights are
+    normalised to sum to one per term. ``forward(prediction [B, N], target [B, N]) -> {"ip",
+    "gd", "td"}`` scalars in radians (0 for identical signals, at most pi).
     """
 
-    def __init__(self, ffts=(1024,)):
+    def __init__(self, ffts=(1024,), rel_floor: float = 1e-4):
         super().__init__()
-        self.ffts = tuple(ffts)
+        self.ffts, self.rel_floor = tuple(ffts), rel_floor
         for n_fft in self.ffts:
             self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def _weights(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """``[B, F, T]`` bin weights (see the class docstring)."""
+        product = ref.abs() * pred.detach().abs()
+        per_bin = product.mean(dim=-1, keepdim=True)
+        floor = self.rel_floor * product.mean(dim=(-2, -1), keepdim=True)
+        return product / torch.maximum(per_bin, floor).clamp(min=1e-30)
 
     @staticmethod
     def _weighted(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -103,7 +113,7 @@ class PhaseLoss(nn.Module):
             for n_fft in self.ffts:
                 window = getattr(self, f"window_{n_fft}")
                 pred, ref = _stft(prediction[..., :length], n_fft, window), _stft(target[..., :length], n_fft, window)
-                weight = ref.abs() * pred.detach().abs()
+                weight = self._weights(pred, ref)
                 safe = pred + (weight == 0).to(pred.dtype) * 1e-12  # atan2(0, 0) has no gradient
                 phase_pred, phase_ref = torch.angle(safe), torch.angle(ref)
                 terms["ip"] = terms["ip"] + self._weighted(anti_wrap(phase_pred - phase_ref), weight)
