@@ -124,11 +124,11 @@ class Stage2Config:
     mrd_ffts: tuple[int, ...] = (2048, 1024, 512)
     mrd_channels: int = 64
     mrstft_ffts: tuple[int, ...] = (2048, 1024, 512)
-    phase_weight: float = 10.0
+    phase_weight: float = 40.0
     ip_weight: float = 0.0
     phase_ffts: tuple[int, ...] = (1024,)
     complex_weight: float = 1.0
-    level_weight: float = 5.0
+    level_weight: float = 1.0
     gain_db_min: float = -24.0
 
     def __post_init__(self):
