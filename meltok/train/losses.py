@@ -154,14 +154,15 @@ class LevelLoss(nn.Module):
     A log-mel L1 alone is minimised by the median of the log spectrum over what the model cannot
     predict (fine harmonic structure), which lies below the log of the mean power: peaky spectra
     (piano, voiced speech) come out quieter. Pooling the power before the log makes the target the
-    energy, so the level is kept. ``forward(log_mel_pred [B, M, T], log_mel_ref [B, M, T],
-    prediction [B, N], target [B, N]) -> scalar`` (0 for identical inputs; log mels are
-    ``ln(mel magnitude)``).
+    energy, so the level is kept. Block powers are floored at ``rel_floor`` times the crop's mean
+    block power (-60 dB), so inaudible blocks neither dominate the loss nor its gradient.
+    ``forward(log_mel_pred [B, M, T], log_mel_ref [B, M, T], prediction [B, N], target [B, N]) ->
+    scalar`` (0 for identical inputs; log mels are ``ln(mel magnitude)``).
     """
 
-    def __init__(self, bands: int = 8, frames: int = 16, eps: float = 1e-10):
+    def __init__(self, bands: int = 8, frames: int = 16, rel_floor: float = 1e-6, eps: float = 1e-10):
         super().__init__()
-        self.bands, self.frames, self.eps = bands, frames, eps
+        self.bands, self.frames, self.rel_floor, self.eps = bands, frames, rel_floor, eps
 
     def forward(self, log_mel_pred, log_mel_ref, prediction, target) -> torch.Tensor:
         frames = min(log_mel_pred.shape[-1], log_mel_ref.shape[-1])
@@ -169,7 +170,8 @@ class LevelLoss(nn.Module):
         with float32_region(prediction):
             pooled = [F.avg_pool2d(torch.exp(2 * m[..., :frames].float())[:, None], (self.bands, self.frames),
                                    ceil_mode=True) for m in (log_mel_pred, log_mel_ref)]
-            blocks = F.l1_loss(torch.log(pooled[0] + self.eps), torch.log(pooled[1] + self.eps))
+            floor = self.rel_floor * pooled[1].mean(dim=(1, 2, 3), keepdim=True) + self.eps
+            blocks = F.l1_loss(torch.log(torch.maximum(pooled[0], floor)), torch.log(torch.maximum(pooled[1], floor)))
             power = [torch.mean(x[..., :length].float() ** 2, dim=-1) for x in (prediction, target)]
             overall = F.l1_loss(torch.log(power[0] + self.eps), torch.log(power[1] + self.eps))
         return blocks + overall
