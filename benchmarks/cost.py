@@ -81,7 +81,7 @@ def count_stage_flops(model, seconds: float = 10.0, batch: int = 1) -> dict:
         latent = counted("2d-encoder", meta.latent, mel)
         tokens = counted("vq", meta.quantizer.tokenize, latent)
         tokens = torch.zeros(tokens.shape, dtype=torch.long, device="meta")
-        mel_out = counted("2d-decoder", lambda t: meta.decode_mel(meta.quantizer.lookup(t)), tokens)
+        mel_out = counted("2d-decoder", lambda t: meta.decode_features(meta.quantizer.lookup(t)), tokens)
         counted("vocoder", meta.vocode, mel_out)
     return flops
 

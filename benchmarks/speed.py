@@ -211,7 +211,7 @@ def _torch_runner(spec: dict):
     import torch
 
     from meltok import MelTok
-    from meltok.checkpoints import weights_hash
+    from meltok.modelfile import weights_hash
     from meltok_runtime.framing import padded_length
 
     backend = BACKENDS[spec["backend"]]
@@ -688,7 +688,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     cost = _load_sibling("cost")
-    from meltok.checkpoints import weights_hash
+    from meltok.modelfile import weights_hash
 
     cuda = cuda_available()
     machine = cost.machine_description(args.threads)

@@ -39,8 +39,9 @@ def main(verbose):
 
 def _load_model(path):
     from meltok import MelTok
+    from meltok.loaders import load_model
 
-    return MelTok.load(path)
+    return load_model(MelTok, path)
 
 
 @main.command("export")

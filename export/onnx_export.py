@@ -179,7 +179,7 @@ def graph_metadata(model, graph: str, precision: str, model_sha256: str) -> dict
 
 def model_sha256(model) -> str:
     """SHA-256 of the model's weights (the hash model files record)."""
-    from meltok.checkpoints import weights_hash
+    from meltok.modelfile import weights_hash
 
     return weights_hash(model.state_dict())
 

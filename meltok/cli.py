@@ -6,25 +6,27 @@ import sys
 import click
 import numpy as np
 
-from meltok_runtime.cli_support import (load_for_encoding, setup_logging, user_errors, verbose_option,
-                                        write_decoded)
+from meltok_runtime.cli_support import (force_option, original_rate_option, progress_bar, report_rate, setup_logging,
+                                        subtype_option, user_errors, verbose_option)
 from meltok_runtime.errors import MeltokError
-from meltok_runtime.tokenfile import check_token_file, read_tokens, write_tokens
+from meltok_runtime.tokenfile import read_tokens
 
 from .train.cli import train
 
 log = logging.getLogger("meltok")
 
 model_option = click.option(
-    "-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-    help="Model file (.safetensors from `meltok convert` or training); default: the shipped model.")
+    "-m", "--model", "model_path", type=click.Path(), default=None,
+    help="Model file (.safetensors from `meltok convert` or training), training run folder, export bundle "
+         "folder or preset name; default: the shipped model.")
 
 
-def _load_model(model_path, device):
+def _open_codec(model_path, device):
+    """The codec for ``-m`` (``loaders.open_codec``): a MelTok, or a runtime Codec for a bundle folder."""
     from .codec import MelTok
-    from .default_model import default_model_path
+    from .loaders import open_codec
 
-    return MelTok.load(model_path or default_model_path(), device=device)
+    return open_codec(MelTok, model_path, device=device)
 
 
 @click.group()
@@ -40,12 +42,17 @@ def main(verbose):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow full unpickling of the checkpoints (can run code from them: only for files you trust).")
+@force_option
 @user_errors
-def convert(stage1, stage2, output, trust_pickle):
+def convert(stage1, stage2, output, trust_pickle, force):
     """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file."""
-    from .codec import MelTok
+    from meltok_runtime.atomic import check_new_output
 
-    model = MelTok.from_official(stage1, stage2, allow_pickle=trust_pickle)
+    from .codec import MelTok
+    from .loaders import load_model
+
+    check_new_output(output, inputs=[stage1, stage2], force=force, suffixes=(".safetensors",), what="model file")
+    model = load_model(MelTok, (stage1, stage2), allow_pickle=trust_pickle)
     model_id = model.save(output)
     click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
@@ -55,19 +62,16 @@ def convert(stage1, stage2, output, trust_pickle):
 @model_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@force_option
 @user_errors
-def encode(audio, model_path, output, device):
+def encode(audio, model_path, output, device, force):
     """Encode an audio file (any format soundfile reads) to a token file."""
-    from meltok_runtime.atomic import check_output_path
+    from meltok_runtime.codec_files import encode_file
 
-    check_output_path(output)
-    model = _load_model(model_path, device)
-    batch = load_for_encoding(audio, model.sample_rate)
-    tokens = model.encode(batch, model.sample_rate)
-    write_tokens(output, tokens, sample_rate=model.sample_rate, num_samples=batch.shape[-1],
-                 model_id=model.model_id, codebook_size=model.codebook_size)
-    click.echo(f"wrote {output}: {tokens.shape[-1]} columns x {tokens.shape[1]} rows "
-               f"({batch.shape[-1] / model.sample_rate:.2f} s)")
+    with _open_codec(model_path, device) as codec, progress_bar("encoding") as progress:
+        written = encode_file(codec, audio, output, force=force, progress=progress)
+    click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
+               f"({written.num_samples[0] / written.sample_rate:.2f} s)")
 
 
 @main.command()
@@ -76,18 +80,19 @@ def encode(audio, model_path, output, device):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@original_rate_option
+@subtype_option
+@force_option
 @user_errors
-def decode(tokens, model_path, output, device):
-    """Decode a token file to audio at 44.1 kHz, trimmed to the encoded length."""
-    from meltok_runtime.atomic import check_output_path
+def decode(tokens, model_path, output, device, original_rate, subtype, force):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), trimmed to the encoded length."""
+    from meltok_runtime.codec_files import decode_file
 
-    check_output_path(output)
-    token_file = read_tokens(tokens)
-    model = _load_model(model_path, device)
-    check_token_file(token_file, model_id=model.model_id, sample_rate=model.sample_rate, source=tokens)
-    audio = model.decode(token_file.tokens, num_samples=max(token_file.num_samples))
-    write_decoded(output, audio, token_file.num_samples, model.sample_rate)
-    click.echo(f"wrote {output}: {max(token_file.num_samples) / model.sample_rate:.2f} s at {model.sample_rate} Hz")
+    with _open_codec(model_path, device) as codec, progress_bar("decoding") as progress:
+        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                              progress=progress)
+    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+    click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz")
 
 
 @main.command()
@@ -95,7 +100,7 @@ def decode(tokens, model_path, output, device):
 @user_errors
 def info(path):
     """Describe a model file or a token file."""
-    from .checkpoints import read_model_metadata
+    from .modelfile import read_model_metadata
 
     try:
         token_file = read_tokens(path)

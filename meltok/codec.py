@@ -5,23 +5,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from meltok_runtime.audio import prepare_audio
-from meltok_runtime.framing import check_tokens, padded_length
-from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, decode_windowed,
-                                      encode_windowed, seconds_to_columns)
+from meltok_runtime.pipeline import CodecPipeline
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
 from .config import MelTokConfig, resolve_config
 from .frontend import MelFrontend
+from .loaders import load_model
+from .modelfile import save_model_file
+from .official import load_official
 from .quantizer import VectorQuantizer
 from .tokenizer import Decoder2d, Encoder2d
 from .vocoder import ISTFTHead, VocosBackbone
 
 
-class MelTok(nn.Module):
+class MelTok(CodecPipeline, nn.Module):
     """Mel front end, 2D tokenizer encoder + VQ, and the token vocoder.
 
     Tensor stages (used by export and training) work on torch tensors; ``encode`` and
-    ``decode`` are the user API and accept numpy arrays or tensors.
+    ``decode`` are the user API and accept numpy arrays or tensors. Validation, resampling,
+    windows and trimming: ``meltok_runtime.pipeline.CodecPipeline``, shared with the runtime's
+    ``Codec``; this class supplies the two graph calls and the contract.
     """
 
     def __init__(self, config: MelTokConfig):
@@ -57,9 +60,9 @@ class MelTok(nn.Module):
         return self.config.tokenizer.codebook_size
 
     @property
-    def frame_rate(self) -> float:
-        """Mel frames per second."""
-        return self.sample_rate / self.hop_length
+    def compression(self) -> int:
+        """Samples per token column, in hops (8 for the paper layout)."""
+        return self.config.tokenizer.compression
 
     @property
     def token_rate(self) -> float:
@@ -79,8 +82,11 @@ class MelTok(nn.Module):
         """``audio [B, N] -> tokens [B, rows, T']`` (int64), no padding (reference behaviour)."""
         return self.quantizer.tokenize(self.latent(self.log_mel(audio)))
 
-    def decode_mel(self, z_q: torch.Tensor) -> torch.Tensor:
-        """``codes [B, D, rows, T'] -> log-mel [B, n_mels, c * T']``, clamped at ``ln(log_floor)``."""
+    def decode_features(self, z_q: torch.Tensor) -> torch.Tensor:
+        """``codes [B, D, rows, T'] -> vocoder input [B, n_mels, c * T']``, clamped at ``ln(log_floor)``.
+
+        After stage 1 this is the log-mel; stage 2 fine-tunes the decoder for the vocoder, so its
+        output is then a mel-shaped feature, no longer a log-mel (values far above any log-mel)."""
         mel = self.decoder(self.post_quant_conv(z_q))[:, 0] * self.config.frontend.mel_scale
         return torch.clamp(mel, min=float(np.log(np.float32(self.config.frontend.log_floor))))
 
@@ -90,60 +96,53 @@ class MelTok(nn.Module):
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [B, rows, T'] -> audio [B, (c * T' - 1) * hop]``."""
-        return self.vocode(self.decode_mel(self.quantizer.lookup(tokens)))
+        return self.vocode(self.decode_features(self.quantizer.lookup(tokens)))
 
     # ---------------------------------------------------------------- user API
-    def _window_kwargs(self, window_seconds: float, context_seconds: float) -> dict:
-        columns = lambda seconds: seconds_to_columns(  # noqa: E731
-            seconds, self.sample_rate, self.hop_length, self.config.tokenizer.compression)
-        return dict(window_columns=max(1, columns(window_seconds)), context_columns=columns(context_seconds),
-                    hop=self.hop_length, compression=self.config.tokenizer.compression)
-
     @torch.inference_mode()
-    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True,
-               window_seconds: float = DEFAULT_WINDOW_SECONDS, context_seconds: float = DEFAULT_CONTEXT_SECONDS):
+    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True, channels_last: bool = False,
+               window_seconds: float = DEFAULT_WINDOW_SECONDS, context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+               progress: Progress | None = None):
         """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` (numpy or torch) -> tokens ``[B, rows, T']``.
 
-        Other sample rates are resampled, channels are mixed down. With ``pad`` (default) the
-        audio is zero-padded at the end so that decoding covers every input sample
+        Other sample rates are resampled, channels are mixed down; ``channels_last``: ``[N, C]``
+        or ``[B, N, C]`` (``soundfile.read``'s layout). With ``pad`` (default) the audio is
+        zero-padded at the end so that decoding covers every input sample
         (``decode(tokens, num_samples=N)`` then returns exactly N samples); ``pad=False`` gives
         the reference implementation's tokens exactly. Audio longer than ``window_seconds`` is
         encoded in windows with ``context_seconds`` of context (``meltok_runtime.windowing``, the
         same plan as the runtime), so attention memory stays bounded. Numpy in gives numpy out.
         """
-        as_numpy = not isinstance(audio, torch.Tensor)
-        array = audio if as_numpy else audio.detach().cpu().numpy()
-        batch, _ = prepare_audio(array, sample_rate, self.sample_rate)
-        target = padded_length(batch.shape[-1], self.hop_length, self.config.tokenizer.compression, pad=pad)
-        batch = np.pad(batch, ((0, 0), (0, target - batch.shape[-1])))
-        device = next(self.parameters()).device
-
-        def encode_fn(part: np.ndarray) -> np.ndarray:
-            return self.tokenize(torch.from_numpy(part).to(device)).cpu().numpy()
-
-        tokens = encode_windowed(batch, encode_fn, **self._window_kwargs(window_seconds, context_seconds))
-        return tokens if as_numpy else torch.from_numpy(tokens).to(audio.device)
+        windows = self.window_layout(window_seconds, context_seconds)
+        tokens = self._encode_numpy(_to_numpy(audio), sample_rate, pad=pad, channels_last=channels_last,
+                                    windows=windows, progress=progress)
+        return tokens if not isinstance(audio, torch.Tensor) else torch.from_numpy(tokens).to(audio.device)
 
     @torch.inference_mode()
-    def decode(self, tokens, num_samples: int | None = None, *, window_seconds: float = DEFAULT_WINDOW_SECONDS,
-               context_seconds: float = DEFAULT_CONTEXT_SECONDS):
-        """Tokens ``[rows, T']`` or ``[B, rows, T']`` (int, numpy or torch) -> float32 audio ``[B, N']``
-        at ``sample_rate``, ``N' = (c * T' - 1) * hop`` or ``num_samples`` when given (trimmed or
-        zero-padded at the end). Long token streams are decoded in cross-faded windows."""
-        as_numpy = not isinstance(tokens, torch.Tensor)
-        array = check_tokens(tokens if as_numpy else tokens.detach().cpu().numpy(),
-                             self.token_rows, self.codebook_size)
-        device = next(self.parameters()).device
+    def decode(self, tokens, num_samples: int | None = None, *, sample_rate: int | None = None,
+               window_seconds: float = DEFAULT_WINDOW_SECONDS, context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+               progress: Progress | None = None):
+        """Tokens ``[rows, T']`` or ``[B, rows, T']`` (int, numpy or torch) -> float32 audio ``[B, N']``.
 
-        def decode_fn(part: np.ndarray) -> np.ndarray:
-            return self.detokenize(torch.from_numpy(part).to(device)).float().cpu().numpy()
+        At the model's rate ``N' = (c * T' - 1) * hop``; ``sample_rate`` resamples the result;
+        ``num_samples`` (at that rate) trims it, or zero-pads it at the end by at most one token
+        column. Long token streams are decoded in cross-faded windows."""
+        windows = self.window_layout(window_seconds, context_seconds)
+        audio = self._decode_numpy(_to_numpy(tokens), num_samples, sample_rate=sample_rate, windows=windows,
+                                   progress=progress)
+        return audio if not isinstance(tokens, torch.Tensor) else torch.from_numpy(audio).to(tokens.device)
 
-        audio = torch.from_numpy(decode_windowed(array, decode_fn, **self._window_kwargs(window_seconds,
-                                                                                           context_seconds)))
-        if num_samples is not None:
-            audio = audio[:, :num_samples]
-            audio = torch.nn.functional.pad(audio, (0, num_samples - audio.shape[-1]))
-        return audio.numpy() if as_numpy else audio.to(tokens.device)
+    # ------------------------------------------------------------- graph calls
+    def _encode_graph(self, audio: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.tokenize(torch.from_numpy(audio).to(self._device())).cpu().numpy()
+
+    def _decode_graph(self, tokens: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.detokenize(torch.from_numpy(tokens).to(self._device())).float().cpu().numpy()
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     # --------------------------------------------------------------- creation
     @classmethod
@@ -152,22 +151,22 @@ class MelTok(nn.Module):
         return cls(resolve_config(config_or_preset))
 
     @classmethod
-    def load(cls, path, *, device: str | torch.device = "cpu") -> "MelTok":
-        """Load a meltok model file (safetensors; never unpickles)."""
-        from .checkpoints import load_model_file
-
-        return load_model_file(cls, path, device=device)
+    def load(cls, path=None, *, device: str | torch.device = "cpu") -> "MelTok":
+        """Load a model file (safetensors; never unpickles), a training run folder or a preset
+        (``loaders.load_model``); without ``path``, the model shipped with the package."""
+        return load_model(cls, path, device=device)
 
     def save(self, path) -> str:
         """Write the model file atomically; returns and sets the new ``model_id``."""
-        from .checkpoints import save_model_file
-
         return save_model_file(self, path)
 
     @classmethod
     def from_official(cls, stage1_path, stage2_path, *, allow_pickle: bool = False) -> "MelTok":
         """Build a model from the reference implementation's stage-1 file and stage-2 Lightning
         checkpoint, inferring the architecture from the tensors' names and shapes."""
-        from .checkpoints import load_official
-
         return load_official(cls, stage1_path, stage2_path, allow_pickle=allow_pickle)
+
+
+def _to_numpy(array):
+    """A torch tensor as a numpy array (detached, on the CPU); anything else unchanged."""
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 from meltok_runtime.errors import ModelFileError
 
+from .errors import ConfigError
+
 CONFIG_VERSION = 1
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,8 @@ def resolve_config(config_or_preset) -> MelTokConfig:
         return config_or_preset
     if isinstance(config_or_preset, str):
         if config_or_preset not in PRESETS:
-            raise ValueError(f"unknown preset {config_or_preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown preset {config_or_preset!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[config_or_preset]()
     if isinstance(config_or_preset, dict):
         return MelTokConfig.from_dict(config_or_preset)
-    raise TypeError(f"expected a MelTokConfig, preset name or dict, got {type(config_or_preset).__name__}")
+    raise ConfigError(f"expected a MelTokConfig, preset name or dict, got {type(config_or_preset).__name__}")

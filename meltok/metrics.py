@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from meltok_runtime.errors import AudioInputError, MeltokError
+from meltok_runtime.errors import AudioInputError, MetricUnavailable
 
 SAMPLE_RATE = 44100
 
@@ -58,10 +58,6 @@ BUZZ_N_FFT = 16384
 BUZZ_PEAK_HZ = 4.0
 BUZZ_GAP_HZ = 10.0
 BUZZ_NEIGHBOURHOOD_HZ = 60.0
-
-
-class MetricUnavailable(MeltokError, RuntimeError):
-    """An optional metric whose package (or model file) is missing here; the message says why."""
 
 
 # ------------------------------------------------------------------ inputs

@@ -5,15 +5,16 @@ shared with ``meltok`` and ``meltok_export``: token files, audio I/O, framing, b
 Heavy modules (the codec, its backends, soundfile/soxr) are imported on first use.
 """
 from .errors import (AudioInputError, BackendError, BundleError, CodeRangeError, EngineMismatchError,
-                     InputSpecError, MeltokError, ModelMismatchError, OutputPathError, TokenFileError,
+                     InputSpecError, MeltokError, ModelMismatchError, OutputPathError, SettingsError, TokenFileError,
                      TokenInputError)
 
 _LAZY = {"Codec": "codec", "default_bundle": "codec", "load_manifest": "manifest", "Manifest": "manifest",
          "read_tokens": "tokenfile", "write_tokens": "tokenfile", "TokenFile": "tokenfile",
-         "load_audio": "audio", "write_audio": "audio"}
+         "load_audio": "audio", "write_audio": "audio", "AudioCodec": "pipeline", "encode_file": "codec_files",
+         "decode_file": "codec_files"}
 
 __all__ = ["AudioInputError", "BackendError", "BundleError", "CodeRangeError", "EngineMismatchError",
-           "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError", "TokenFileError",
+           "InputSpecError", "MeltokError", "ModelMismatchError", "OutputPathError", "SettingsError", "TokenFileError",
            "TokenInputError", *_LAZY]
 
 

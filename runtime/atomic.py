@@ -1,12 +1,21 @@
-"""Atomic output files: write to a temporary sibling, then rename."""
+"""Output files: never over an input, never a surprise replacement, and written atomically
+(a temporary sibling, then a rename).
+
+Temporaries are created with the modes a plain ``open`` (0666) or ``mkdir`` (0777) gives, less the
+umask, which the kernel applies; the process-wide umask is never read or changed (that would race
+with other threads creating files).
+"""
 import contextlib
 import ctypes
 import errno
+import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import OutputPathError
+
+log = logging.getLogger("meltok_runtime")
 
 
 def check_output_path(path) -> Path:
@@ -21,11 +30,45 @@ def check_output_path(path) -> Path:
     return path
 
 
-def _default_file_mode(base: int = 0o666) -> int:
-    """The mode a plain ``open`` (``base=0o777``: ``mkdir``) would give (mkstemp gives 0600, mkdtemp 0700)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return base & ~umask
+def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what: str = "output") -> Path:
+    """Check an output before any work: refuse ``path`` when it is one of ``inputs`` (the same file,
+    by ``os.path.samefile``) or exists and ``force`` is false; warn on stderr when its suffix is not
+    one of ``suffixes`` (what is written there); check that its folder can be written."""
+    path = check_output_path(path)
+    if path.exists():
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(path, source):
+                raise OutputPathError(f"the {what} {str(path)!r} is the input file; writing it would destroy the "
+                                      "input: choose another output name")
+        if not force:
+            raise OutputPathError(f"the {what} {str(path)!r} exists; pass --force (-y) to replace it, or choose "
+                                  "another name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        log.warning("%s is written as a %s but its suffix %r suggests otherwise (expected %s)", path, what,
+                    path.suffix, " or ".join(suffixes))
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        probe = _create_temporary(parent, f".{path.name}.", ".probe")
+    except OSError as error:
+        raise OutputPathError(f"cannot write into the folder {str(parent)!r} ({error.strerror}); choose a writable "
+                              "folder") from None
+    probe.unlink()
+    return path
+
+
+def _create_temporary(parent: Path, prefix: str, suffix: str, *, directory: bool = False) -> Path:
+    """A new, uniquely named empty file (mode 0666 less the umask) or folder (0777 less the umask)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent))
 
 
 def _exchange(new: Path, old: Path) -> bool:
@@ -52,11 +95,9 @@ def atomic_output(path, suffix: str = ""):
     removes the temporary file.
     """
     path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or ".")
-    os.close(fd)
+    tmp = _create_temporary(path.parent if str(path.parent) else Path("."), f".{path.name}.", f".tmp{suffix}")
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _default_file_mode())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -80,14 +121,13 @@ def atomic_directory(path):
             f"output folder {str(parent)!r} does not exist; create it first or choose another path")
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"output path {str(path)!r} is a file; give a folder name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    tmp = _create_temporary(parent, f".{path.name}.", ".tmp", directory=True)
     try:
         yield tmp
-        os.chmod(tmp, _default_file_mode(0o777))
         if path.exists() and _exchange(tmp, path):
             shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old folder
         elif path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            old = _create_temporary(parent, f".{path.name}.", ".old", directory=True)
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

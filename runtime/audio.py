@@ -10,10 +10,11 @@ import soundfile as sf
 import soxr
 
 from .atomic import atomic_output
-from .errors import AudioInputError, OutputPathError
+from .errors import AudioInputError, OutputPathError, SettingsError
 
 # Output container and sample format by file suffix. WAV keeps float32 so nothing clips.
 OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
+SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")  # sample formats a caller may choose instead
 _PCM_SCALE = {np.dtype(np.int8): (0, 2 ** 7), np.dtype(np.int16): (0, 2 ** 15), np.dtype(np.int32): (0, 2 ** 31),
               np.dtype(np.uint8): (2 ** 7, 2 ** 7)}
 _MAX_CHANNELS = 64
@@ -50,42 +51,56 @@ def mixdown(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def prepare_audio(audio, sample_rate, target_rate: int = 44100) -> tuple[np.ndarray, bool]:
+def prepare_audio(audio, sample_rate, target_rate: int = 44100, *, channels_last: bool = False,
+                  hop_length: int = 256) -> tuple[np.ndarray, bool]:
     """Check and convert audio into the model input: float32 ``[B, N]`` at ``target_rate``.
 
     ``audio`` is ``[N]`` (mono), ``[B, N]`` (batch of mono) or ``[B, C, N]`` (batch of
     multi-channel, mixed down by the mean over C); float, or integer PCM (int8, int16, int32,
-    uint8) scaled to [-1, 1] (int16: x / 32768, uint8: (x - 128) / 128). Returns the array and whether it was resampled (soxr, "HQ").
+    uint8) scaled to [-1, 1] (int16: x / 32768, uint8: (x - 128) / 128). With ``channels_last``
+    the layout is ``[N, C]`` (one item, as ``soundfile.read(..., always_2d=True)`` returns it) or
+    ``[B, N, C]``. Without it, an array whose last axis is shorter than one hop (``hop_length``
+    samples) while the axis before it is longer is refused: it is almost always ``[N, C]``.
+    Returns the array and whether it was resampled (soxr, "HQ").
     """
     sample_rate = _check_rate(sample_rate, "sample_rate")
     target_rate = _check_rate(target_rate, "target_rate")
     audio = _to_float32(audio)
+    if channels_last and audio.ndim >= 2:
+        audio = np.swapaxes(audio, -1, -2)
+        audio = audio[None] if audio.ndim == 2 else audio
+    elif audio.ndim >= 2 and audio.shape[-1] < hop_length <= audio.shape[-2]:
+        raise AudioInputError(
+            f"audio has shape {audio.shape}: items of {audio.shape[-1]} samples, shorter than one hop "
+            f"({hop_length}); this looks like [frames, channels] as soundfile.read returns it: pass "
+            "channels_last=True (or audio.T[None], one item whose channels are mixed down)")
     if audio.ndim == 3:
         audio = audio.mean(axis=1, dtype=np.float64).astype(np.float32)
     elif audio.ndim == 1:
         audio = audio[None]
     if sample_rate == target_rate:
         return np.ascontiguousarray(audio), False
+    return resample(audio, sample_rate, target_rate), True
+
+
+def resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """float32 ``[B, N]`` at ``sample_rate`` -> float32 ``[B, N']`` at ``target_rate`` (soxr, "HQ")."""
     resampled = soxr.resample(audio.T, sample_rate, target_rate, quality="HQ")
     if resampled.shape[0] == 0:
         raise AudioInputError(
             f"audio of {audio.shape[-1]} samples at {sample_rate} Hz is shorter than one sample at {target_rate} Hz; "
             "expected a longer signal")
-    return np.ascontiguousarray(resampled.reshape(-1, audio.shape[0]).T, dtype=np.float32), True
+    return np.ascontiguousarray(resampled.reshape(-1, audio.shape[0]).T, dtype=np.float32)
 
 
-def write_audio(path, audio, sample_rate: int) -> None:
+def write_audio(path, audio, sample_rate: int, *, subtype: str | None = None) -> None:
     """Write float ``[N]`` or ``[C, N]`` audio atomically; the suffix picks the format.
 
     ``.wav``: 32-bit float WAV (nothing clips); ``.flac``: 24-bit FLAC (clipped to [-1, 1]);
-    ``.ogg``: Ogg Vorbis.
+    ``.ogg``: Ogg Vorbis. ``subtype`` (``PCM_16``, ``PCM_24``, ``FLOAT``) overrides the sample format.
     """
     sample_rate = _check_rate(sample_rate, "sample_rate")
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise OutputPathError(
-            f"output file {str(path)!r} has suffix {suffix!r}; expected one of {', '.join(OUTPUT_FORMATS)}: "
-            "rename the output")
+    container, subtype = output_format(path, subtype)
     audio = np.asarray(audio)
     if audio.ndim not in (1, 2) or not np.issubdtype(audio.dtype, np.floating):
         raise AudioInputError(
@@ -97,7 +112,6 @@ def write_audio(path, audio, sample_rate: int) -> None:
     audio = audio.astype(np.float32, copy=False)
     _check_finite(audio, "write_audio")
     frames = audio.reshape(-1, audio.shape[-1]).T
-    container, subtype = OUTPUT_FORMATS[suffix]
     try:
         # The format is named, so the temporary needs no audio suffix: a stale one left by a killed
         # process is then never taken for audio by a folder scan (``*.flac``, ``meltok data build``).
@@ -105,6 +119,23 @@ def write_audio(path, audio, sample_rate: int) -> None:
             sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
     except (sf.SoundFileError, OSError) as err:
         raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err
+
+
+def output_format(path, subtype: str | None = None) -> tuple[str, str]:
+    """``(container, subtype)`` that ``write_audio`` uses for ``path``; refuses an unknown suffix or a
+    subtype the container cannot hold (so a command can check before its work)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise OutputPathError(
+            f"output file {str(path)!r} has suffix {suffix!r}; expected one of {', '.join(OUTPUT_FORMATS)}: "
+            "rename the output")
+    container, default = OUTPUT_FORMATS[suffix]
+    if subtype is None:
+        return container, default
+    if subtype not in SUBTYPES or not sf.check_format(container, subtype):
+        raise SettingsError(f"sample format {subtype!r} cannot be written to a {suffix} file; choose one of "
+                            f"{', '.join(s for s in SUBTYPES if sf.check_format(container, s)) or 'none'}")
+    return container, subtype
 
 
 def _check_rate(rate, name: str) -> int:

@@ -3,7 +3,6 @@
 A thin layer over ``meltok_runtime``: token files are the ones ``meltok encode`` writes (same
 ``write_tokens`` call), so either tool decodes the other's files.
 """
-import contextlib
 import json
 import logging
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 import click
 
 from .backends import BACKEND_CHOICES
-from .cli_support import load_for_encoding, setup_logging, user_errors, verbose_option, write_decoded
+from .cli_support import (force_option, original_rate_option, progress_bar, report_rate, setup_logging,
+                          subtype_option, user_errors, verbose_option)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -34,16 +34,6 @@ def _open_codec(bundle, backend, threads):
     return codec
 
 
-@contextlib.contextmanager
-def _progress(total: int, label: str):
-    """A progress callback drawing a bar on stderr when there is more than one window."""
-    if total <= 1:
-        yield None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield lambda done, _total: bar.update(done - bar.pos)
-
-
 @click.group()
 @verbose_option
 def main(verbose):
@@ -57,21 +47,16 @@ def main(verbose):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @backend_option
 @threads_option
+@force_option
 @user_errors
-def encode(audio, bundle, output, backend, threads):
+def encode(audio, bundle, output, backend, threads, force):
     """Encode an audio file (any format soundfile reads) to a token file."""
-    from .atomic import check_output_path
-    from .tokenfile import write_tokens
+    from .codec_files import encode_file
 
-    check_output_path(output)
-    with _open_codec(bundle, backend, threads) as codec:
-        batch = load_for_encoding(audio, codec.sample_rate)
-        with _progress(codec.encode_windows(batch.shape[-1]), "encoding") as progress:
-            tokens = codec.encode(batch, codec.sample_rate, progress=progress)
-    write_tokens(output, tokens, sample_rate=codec.sample_rate, num_samples=batch.shape[-1],
-                 model_id=codec.model_id, codebook_size=codec.codebook_size)
-    click.echo(f"wrote {output}: {tokens.shape[-1]} columns x {tokens.shape[1]} rows "
-               f"({batch.shape[-1] / codec.sample_rate:.2f} s, backend {codec.backend})")
+    with _open_codec(bundle, backend, threads) as codec, progress_bar("encoding") as progress:
+        written = encode_file(codec, audio, output, force=force, progress=progress)
+    click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
+               f"({written.num_samples[0] / codec.sample_rate:.2f} s, backend {codec.backend})")
 
 
 @main.command()
@@ -81,21 +66,19 @@ def encode(audio, bundle, output, backend, threads):
               help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
 @backend_option
 @threads_option
+@original_rate_option
+@subtype_option
+@force_option
 @user_errors
-def decode(tokens, bundle, output, backend, threads):
-    """Decode a token file to audio at 44.1 kHz, each item trimmed to its encoded length."""
-    from .atomic import check_output_path
-    from .tokenfile import check_token_file, read_tokens
+def decode(tokens, bundle, output, backend, threads, original_rate, subtype, force):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), each item trimmed to its encoded length."""
+    from .codec_files import decode_file
 
-    check_output_path(output)
-    token_file = read_tokens(tokens)
-    with _open_codec(bundle, backend, threads) as codec:
-        check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=tokens)
-        array = token_file.tokens
-        with _progress(codec.decode_windows(array.shape[-1], array.shape[0]), "decoding") as progress:
-            audio = codec.decode(array, num_samples=max(token_file.num_samples), progress=progress)
-    write_decoded(output, audio, token_file.num_samples, codec.sample_rate)
-    click.echo(f"wrote {output}: {max(token_file.num_samples) / codec.sample_rate:.2f} s at {codec.sample_rate} Hz "
+    with _open_codec(bundle, backend, threads) as codec, progress_bar("decoding") as progress:
+        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                              progress=progress)
+    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+    click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz "
                f"(backend {codec.backend})")
 
 
@@ -112,7 +95,7 @@ def info(bundle, backend, threads):
     from .manifest import load_manifest
 
     path = Path(bundle) if bundle is not None else default_bundle()
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, verify_files=False)  # opening the codec below hashes each graph once
     report = {
         "bundle": str(path), "model_id": manifest.model_id, "model_name": manifest.model_name,
         "format_version": manifest.format_version, "sample_rate": manifest.sample_rate,

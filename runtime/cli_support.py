@@ -1,9 +1,8 @@
 """Pieces shared by the ``meltok``, ``meltok-export`` and ``meltok-rt`` command lines."""
+import contextlib
 import functools
 import logging
 import sys
-
-from pathlib import Path
 
 import click
 
@@ -40,24 +39,44 @@ def setup_logging(verbose: bool) -> None:
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
 
 
-def load_for_encoding(path, sample_rate: int):
-    """An audio file as float32 ``[1, N]`` at ``sample_rate``: checked first, then resampled with a
-    warning on stderr (so a bad file gives one error line, not a warning and an error)."""
-    from .audio import load_audio, prepare_audio  # soundfile and soxr only when a command needs them
-
-    samples, rate = load_audio(path)
-    batch, resampled = prepare_audio(samples[None], rate, sample_rate)
-    if resampled:
-        log.warning("resampling %s from %d Hz to %d Hz", path, rate, sample_rate)
-    return batch
+force_option = click.option("-y", "--force", is_flag=True,
+                            help="Replace an existing output file (never an input file).")
+original_rate_option = click.option(
+    "--original-rate", is_flag=True,
+    help="Write at the sample rate and length the audio had before encoding (recorded in the token file); "
+         "default: the model's rate.")
+subtype_option = click.option("--subtype", type=click.Choice(["PCM_16", "PCM_24", "FLOAT"]), default=None,
+                              help="Sample format of the audio file (default: FLOAT for .wav, PCM_24 for .flac).")
 
 
-def write_decoded(output, audio, num_samples: list, sample_rate: int) -> None:
-    """Write item ``i`` of ``audio [B, N]`` trimmed to ``num_samples[i]``; with several items the
-    files are named ``OUT-0.wav``, ``OUT-1.wav``, ..."""
-    from .audio import write_audio
+@contextlib.contextmanager
+def progress_bar(label: str):
+    """Yield a ``progress(done, total)`` callback that draws a bar on stderr once a job has more than
+    one step (the pipeline's own window count drives it)."""
+    bar = None
 
-    output = Path(output)
-    for index, length in enumerate(num_samples):
-        target = output if len(num_samples) == 1 else output.with_name(f"{output.stem}-{index}{output.suffix}")
-        write_audio(target, audio[index, :length], sample_rate)
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if total <= 1:
+                return
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def report_rate(rate: int, model_rate: int, recorded: int | None) -> None:
+    """Say on stderr at which sample rate decoded audio is written, and how to get the other."""
+    if rate != model_rate:
+        note = "the rate of the audio before encoding"
+    elif recorded not in (None, model_rate):
+        note = f"the model's rate; --original-rate restores {recorded} Hz"
+    else:
+        note = "the model's rate"
+    click.echo(f"writing {rate} Hz audio ({note})", err=True)

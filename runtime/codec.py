@@ -17,20 +17,17 @@ race with calls in progress.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .audio import prepare_audio
 from .backends import AUTO_ORDER, BACKENDS, backend_class
-from .errors import BackendError, BundleError, MeltokError, ModelMismatchError, TokenInputError
-from .framing import check_tokens, decoded_length, padded_length, token_columns
+from .errors import BackendError, BundleError, MeltokError, ModelMismatchError
+from .framing import padded_length, token_columns
 from .manifest import Manifest, load_manifest
-from .windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, count_windows, decode_windowed,
-                        encode_windowed, seconds_to_columns)
+from .pipeline import CodecPipeline
+from .windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
 log = logging.getLogger("meltok_runtime")
 
@@ -45,8 +42,12 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE
 
 
-class Codec:
-    """MelTok from an export bundle. Create with ``Codec.open``; close with ``close()`` or ``with``."""
+class Codec(CodecPipeline):
+    """MelTok from an export bundle. Create with ``Codec.open``; close with ``close()`` or ``with``.
+
+    Validation, resampling, windows, batching and trimming: ``pipeline.CodecPipeline``; this class
+    supplies the bundle's two graphs and its contract.
+    """
 
     def __init__(self, bundle: Path, manifest: Manifest, backend: str, encoder, decoder, *,
                  window_seconds: float, context_seconds: float, skipped: dict | None = None):
@@ -57,8 +58,8 @@ class Codec:
         self._encoder, self._decoder = encoder, decoder
         self._encoder_io = (encoder.inputs[0], encoder.outputs[0])
         self._decoder_io = (decoder.inputs[0], decoder.outputs[0])
-        self.window_columns, self.context_columns = self._window_layout(window_seconds, context_seconds)
         self.max_batch = int(manifest.limits.get("max_batch") or 0) or None
+        self.window_columns, self.context_columns = self.window_layout(window_seconds, context_seconds)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -76,7 +77,7 @@ class Codec:
         processed but not kept (see ``windowing``).
         """
         bundle = default_bundle() if bundle is None else Path(bundle)
-        manifest = load_manifest(bundle)
+        manifest = load_manifest(bundle, verify_files=False)  # each backend hashes the bytes it loads
         names = AUTO_ORDER if backend == "auto" else (backend_class(backend).name,)
         skipped, corrupt = {}, None
         for name in names:
@@ -106,28 +107,20 @@ class Codec:
         raise BackendError("no backend can run this bundle here: "
                            + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
 
-    def _window_layout(self, window_seconds: float, context_seconds: float) -> tuple[int, int]:
-        if not window_seconds > 0 or not context_seconds >= 0:
-            raise ValueError(f"need window_seconds > 0 and context_seconds >= 0, got {window_seconds}, "
-                             f"{context_seconds}")
-        window = max(1, seconds_to_columns(window_seconds, self.sample_rate, self.hop_length, self.compression))
-        context = seconds_to_columns(context_seconds, self.sample_rate, self.hop_length, self.compression)
+    def window_limit(self) -> int | None:
+        """Columns per graph call the bundle's engines accept (``limits``), less one; None: no limit."""
         limits = self.manifest.limits
         limit = limits.get("max_columns")
         if not limit and limits.get("max_seconds"):
             samples = padded_length(int(limits["max_seconds"] * self.sample_rate), self.hop_length, self.compression)
             limit = token_columns(samples, self.hop_length, self.compression)
-        if limit:
-            # TensorRT profiles take at most ``limit`` columns (``max_samples``) per call. One column less
-            # keeps unpadded input (``pad=False``, up to 1791 samples past its last column) inside too.
-            limit = max(1, int(limit) - 1)
-            if window > limit:
-                log.info("a window of %d columns exceeds the bundle's limit: using %d", window, limit)
-                window = limit
-        if window <= 2 * context:
-            raise ValueError(f"a window of {window} columns ({window_seconds} s) must exceed twice the context of "
-                             f"{context} columns ({context_seconds} s); choose a longer window or a shorter context")
-        return window, context
+        # TensorRT profiles take at most ``limit`` columns (``max_samples``) per call. One column less
+        # keeps unpadded input (``pad=False``, up to 1791 samples past its last column) inside too.
+        return max(1, int(limit) - 1) if limit else None
+
+    @property
+    def windows(self) -> tuple[int, int]:
+        return self.window_columns, self.context_columns
 
     # ----------------------------------------------------------------- contract
     @property
@@ -155,11 +148,6 @@ class Codec:
         return self.manifest.model_id
 
     @property
-    def frame_rate(self) -> float:
-        """Mel frames per second."""
-        return self.sample_rate / self.hop_length
-
-    @property
     def token_rate(self) -> float:
         """Tokens per second, all rows."""
         return self.manifest.token_rate
@@ -171,78 +159,37 @@ class Codec:
     def __repr__(self) -> str:
         return f"<Codec {self.model_id} {self.backend} {str(self.bundle)!r}>"
 
-    # ------------------------------------------------------------------ windows
-    def encode_windows(self, num_samples: int, batch: int = 1, *, pad: bool = True) -> int:
-        """Backend calls ``encode`` makes for ``batch`` items of ``num_samples`` samples (at the model rate)."""
-        length = padded_length(num_samples, self.hop_length, self.compression, pad=pad)
-        columns = token_columns(length, self.hop_length, self.compression)
-        return self._chunks(batch) * count_windows(columns, self.window_columns, self.context_columns)
-
-    def decode_windows(self, num_columns: int, batch: int = 1) -> int:
-        """Backend calls ``decode`` makes for ``batch`` items of ``num_columns`` token columns."""
-        return self._chunks(batch) * count_windows(num_columns, self.window_columns, self.context_columns)
-
-    def _chunks(self, batch: int) -> int:
-        return 1 if not self.max_batch else -(-batch // self.max_batch)
-
     # ------------------------------------------------------------------ user API
-    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True,
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True, channels_last: bool = False,
+               progress: Progress | None = None) -> np.ndarray:
         """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` -> int64 tokens ``[B, rows, T']``.
 
-        Other sample rates are resampled, channels mixed down. With ``pad`` the audio is
-        zero-padded at the end so that ``decode(tokens, num_samples=N)`` returns all N samples;
-        ``pad=False`` pads only audio shorter than one column. ``progress(done, total)`` is
-        called after every backend call.
+        Other sample rates are resampled, channels mixed down; ``channels_last``: ``[N, C]`` or
+        ``[B, N, C]`` (``soundfile.read``'s layout). With ``pad`` the audio is zero-padded at the end
+        so that ``decode(tokens, num_samples=N)`` returns all N samples; ``pad=False`` pads only
+        audio shorter than one column. ``progress(done, total)`` is called after every graph call.
         """
-        batch, _ = prepare_audio(audio, sample_rate, self.sample_rate)
-        target = padded_length(batch.shape[-1], self.hop_length, self.compression, pad=pad)
-        batch = np.pad(batch, ((0, 0), (0, target - batch.shape[-1])))
-        tokens = self._batched(batch, self._encode_fn, encode_windowed, progress)
-        return tokens.astype(np.int64, copy=False)
+        return self._encode_numpy(audio, sample_rate, pad=pad, channels_last=channels_last, windows=None,
+                                  progress=progress)
 
-    def decode(self, tokens, num_samples: int | None = None, *,
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Tokens ``[rows, T']`` or ``[B, rows, T']`` -> float32 audio ``[B, N']`` at ``sample_rate``.
+    def decode(self, tokens, num_samples: int | None = None, *, sample_rate: int | None = None,
+               progress: Progress | None = None) -> np.ndarray:
+        """Tokens ``[rows, T']`` or ``[B, rows, T']`` -> float32 audio ``[B, N']``.
 
-        ``N' = (compression * T' - 1) * hop``, or ``num_samples`` when given (trimmed, or
-        zero-padded at the end).
+        At the model's rate, ``N' = (compression * T' - 1) * hop``; ``sample_rate`` resamples the
+        result. ``num_samples`` (at that rate) trims it, or zero-pads it at the end by at most one
+        token column.
         """
-        array = check_tokens(tokens, self.token_rows, self.codebook_size)
-        if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 0):
-            raise TokenInputError(f"num_samples must be a non-negative integer or None, got {num_samples!r}")
-        audio = self._batched(array.astype(self._decoder_io[0].dtype), self._decode_fn, decode_windowed, progress)
-        audio = audio.astype(np.float32, copy=False)
-        if num_samples is not None:
-            audio = audio[:, :num_samples]
-            if audio.shape[-1] < num_samples:
-                audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[-1])))
-        return np.ascontiguousarray(audio)
+        return self._decode_numpy(tokens, num_samples, sample_rate=sample_rate, windows=None, progress=progress)
 
-    def decoded_length(self, num_columns: int) -> int:
-        """Samples that ``decode`` returns for ``num_columns`` token columns (no ``num_samples``)."""
-        return decoded_length(num_columns, self.hop_length, self.compression)
-
-    # ------------------------------------------------------------------ internals
-    def _encode_fn(self, audio: np.ndarray) -> np.ndarray:
+    # ------------------------------------------------------------------ graph calls
+    def _encode_graph(self, audio: np.ndarray) -> np.ndarray:
         spec_in, spec_out = self._encoder_io
         return self._encoder.run({spec_in.name: audio.astype(spec_in.dtype, copy=False)})[spec_out.name]
 
-    def _decode_fn(self, tokens: np.ndarray) -> np.ndarray:
+    def _decode_graph(self, tokens: np.ndarray) -> np.ndarray:
         spec_in, spec_out = self._decoder_io
         return self._decoder.run({spec_in.name: tokens.astype(spec_in.dtype, copy=False)})[spec_out.name]
-
-    def _batched(self, array, run_fn, windowed, progress):
-        """Split the batch by ``max_batch``, run each part windowed, join the results."""
-        step = self.max_batch or array.shape[0]
-        starts = range(0, array.shape[0], step)
-        parts = []
-        for index, start in enumerate(starts):
-            report = None if progress is None else functools.partial(_chunk_progress, progress, index, len(starts))
-            parts.append(windowed(array[start:start + step], run_fn, window_columns=self.window_columns,
-                                  context_columns=self.context_columns, hop=self.hop_length,
-                                  compression=self.compression, progress=report))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
@@ -254,11 +201,6 @@ class Codec:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _chunk_progress(progress, index: int, chunks: int, done: int, total: int) -> None:
-    """Report window ``done`` of ``total`` in batch part ``index`` as progress over all parts."""
-    progress(index * total + done, chunks * total)
 
 
 def _open_pair(backend_cls, bundle, manifest, threads):

@@ -57,6 +57,10 @@ class TokenInputError(MeltokError, ValueError):
     """A token array of the wrong type or shape for this model."""
 
 
+class SettingsError(MeltokError, ValueError):
+    """A setting out of its valid range for this model (window or context length, subtype, ...)."""
+
+
 class InputSpecError(MeltokError, ValueError):
     """Feeds for a graph with missing or unexpected names, or the wrong dtype or rank."""
 
@@ -67,3 +71,7 @@ class EngineMismatchError(ModelMismatchError, BackendError):
 
 class MissingDependencyError(BackendError, ImportError):
     """An optional package needed for this feature is not installed; the message names the install command."""
+
+
+class MetricUnavailable(MeltokError, RuntimeError):
+    """An optional metric whose package (or model file) is missing here; the message says why."""

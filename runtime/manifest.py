@@ -114,7 +114,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{source} does not hold a JSON object; re-export the bundle")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise BundleError(f"{source} has bundle format version {version!r}; expected a whole number from 1 to "
+                              f"{BUNDLE_FORMAT_VERSION}: the manifest is corrupt, re-export the bundle")
+        if version > BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{source} has bundle format version {version!r}; this runtime reads up to "
                               f"{BUNDLE_FORMAT_VERSION}: upgrade meltok or re-export the bundle")
         try:
@@ -134,7 +137,8 @@ class Manifest:
 
 
 def load_manifest(bundle, *, verify_files: bool = True) -> Manifest:
-    """Read and check a bundle's manifest; with ``verify_files`` every listed graph is hashed."""
+    """Read and check a bundle's manifest and that its graphs exist; with ``verify_files`` every listed
+    graph is hashed too (``Codec.open`` leaves that to the backend, which hashes the bytes it loads)."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise BundleError(f"bundle {str(bundle)!r} is not a folder; pass the folder that meltok-export wrote")
@@ -142,16 +146,16 @@ def load_manifest(bundle, *, verify_files: bool = True) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {str(bundle)!r} has no {MANIFEST_NAME}; it is incomplete: re-export it")
     manifest = Manifest.from_json(path.read_bytes().decode("utf-8", errors="replace"), source=str(path))
-    if verify_files:
-        for name, graph in manifest.graphs.items():
-            verify_file(bundle / graph.file, graph.sha256, what=f"{name} graph")
+    for name, graph in manifest.graphs.items():
+        verify_file(bundle / graph.file, graph.sha256 if verify_files else None, what=f"{name} graph")
     return manifest
 
 
-def verify_file(path: Path, sha256: str, *, what: str) -> None:
-    """Raise BundleError when ``path`` is missing or its hash differs from the manifest's."""
+def verify_file(path: Path, sha256: str | None, *, what: str) -> None:
+    """Raise BundleError when ``path`` is missing or (unless ``sha256`` is None) its hash differs from the
+    manifest's."""
     if not path.is_file():
         raise BundleError(f"the {what} {str(path)!r} is missing; the bundle is incomplete: re-export it")
-    if file_sha256(path) != sha256:
+    if sha256 is not None and file_sha256(path) != sha256:
         raise BundleError(f"the {what} {str(path)!r} does not match the hash in its manifest; the file is corrupt "
                           "or was modified: re-export the bundle")

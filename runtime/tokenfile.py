@@ -17,7 +17,9 @@ Header keys: ``format_version`` (int, equal to the version above), ``model_id`` 
 item), ``shape`` ([B, R, T]: batch, token rows, token columns), ``codebook_size`` (int),
 ``bits_per_code`` (int, ``ceil(log2(codebook_size))``: 13 for 8192), ``order`` (the string
 ``"batch, row, time (time fastest)"``), ``payload_bytes`` (P) and ``payload_crc32`` (zlib CRC-32
-of the payload). Nothing follows the payload.
+of the payload). Optional keys (readers of older files find them absent): ``source_sample_rate``
+(int, Hz) and ``source_num_samples`` (list of int), the rate and lengths of the audio before it was
+resampled to ``sample_rate`` for encoding, so a decoder can restore them. Nothing follows the payload.
 
 Packing: the codes are taken in C order of ``[B, R, T]``; code ``i`` occupies bits
 ``i * bits .. (i + 1) * bits - 1`` of the payload, least significant bit first, where bit ``k``
@@ -56,6 +58,8 @@ class TokenFile:
     model_id: str
     codebook_size: int
     version: int
+    source_sample_rate: int | None = None  # the audio's rate before resampling, when recorded
+    source_num_samples: list | None = None  # its lengths at that rate
 
 
 def pack_codes(codes, bits: int) -> bytes:
@@ -86,8 +90,8 @@ def unpack_codes(buf, count: int, bits: int) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").view("<u4").reshape(-1).astype(np.int64)
 
 
-def tokens_to_bytes(tokens, *, sample_rate: int, num_samples, model_id: str,
-                    codebook_size: int = 8192) -> bytes:
+def tokens_to_bytes(tokens, *, sample_rate: int, num_samples, model_id: str, codebook_size: int = 8192,
+                    source_sample_rate: int | None = None, source_num_samples=None) -> bytes:
     """Serialise tokens (int ``[B, R, T]`` or ``[R, T]``) to the token-file layout above."""
     try:
         tokens = np.asarray(tokens)
@@ -116,6 +120,11 @@ def tokens_to_bytes(tokens, *, sample_rate: int, num_samples, model_id: str,
         "bits_per_code": bits, "order": ORDER, "payload_bytes": len(payload),
         "payload_crc32": zlib.crc32(payload),
     }
+    if source_sample_rate is not None:
+        if not _is_int(source_sample_rate) or source_sample_rate <= 0:
+            raise TokenFileError(f"source_sample_rate is {source_sample_rate!r}; expected a positive integer (Hz)")
+        header["source_sample_rate"] = int(source_sample_rate)
+        header["source_num_samples"] = _num_samples_list(source_num_samples, tokens.shape[0])
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + payload
 
@@ -160,17 +169,22 @@ def tokens_from_bytes(data: bytes, *, name: str = "<bytes>") -> TokenFile:
     _check_range(tokens, header["codebook_size"], shape=shape,
                  what=f"a code of the {header['codebook_size']}-entry codebook in the header of {name}")
     return TokenFile(tokens=tokens, sample_rate=header["sample_rate"], num_samples=header["num_samples"],
-                     model_id=header["model_id"], codebook_size=header["codebook_size"], version=version)
+                     model_id=header["model_id"], codebook_size=header["codebook_size"], version=version,
+                     source_sample_rate=header.get("source_sample_rate"),
+                     source_num_samples=header.get("source_num_samples"))
 
 
-def write_tokens(path, tokens, *, sample_rate: int, num_samples, model_id: str,
-                 codebook_size: int = 8192) -> None:
+def write_tokens(path, tokens, *, sample_rate: int, num_samples, model_id: str, codebook_size: int = 8192,
+                 source_sample_rate: int | None = None, source_num_samples=None) -> None:
     """Write tokens (int ``[B, R, T]`` or ``[R, T]``) to ``path`` atomically.
 
-    ``num_samples`` is the original audio length: one int for every item, or a list of B ints.
+    ``num_samples`` is the original audio length at ``sample_rate``: one int for every item, or a
+    list of B ints; ``source_sample_rate`` and ``source_num_samples`` (optional) the rate and
+    lengths the audio had before it was resampled.
     """
     data = tokens_to_bytes(tokens, sample_rate=sample_rate, num_samples=num_samples, model_id=model_id,
-                           codebook_size=codebook_size)
+                           codebook_size=codebook_size, source_sample_rate=source_sample_rate,
+                           source_num_samples=source_num_samples)
     try:
         with atomic_output(path) as tmp:
             tmp.write_bytes(data)
@@ -265,6 +279,11 @@ def _header_problem(header, version: int) -> str:
     if not (isinstance(num_samples, list) and len(num_samples) == shape[0]
             and all(_is_int(n) and n >= 0 for n in num_samples)):
         return f"num_samples {num_samples!r} is not a list of {shape[0]} non-negative integers"
+    if "source_sample_rate" in header:
+        rate, lengths = header["source_sample_rate"], header.get("source_num_samples")
+        if not (_is_int(rate) and rate > 0 and isinstance(lengths, list) and len(lengths) == shape[0]
+                and all(_is_int(n) and n >= 0 for n in lengths)):
+            return f"source_sample_rate {rate!r} / source_num_samples {lengths!r} do not describe {shape[0]} items"
     expected = _payload_bytes(math.prod(shape), header["bits_per_code"])
     if header["payload_bytes"] != expected:
         return f"payload_bytes {header['payload_bytes']} != {expected} for shape {shape}"

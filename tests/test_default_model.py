@@ -17,7 +17,7 @@ MEL_DISTANCE_BOUND = 5.0  # measured 3.95 (random edge weights: 12.6)
 
 
 def test_bundle_is_the_export_of_the_model():
-    from meltok.checkpoints import read_model_metadata
+    from meltok.modelfile import read_model_metadata
 
     manifest = load_manifest(DEFAULT_BUNDLE)
     assert manifest.model_id == read_model_metadata(DEFAULT_MODEL)["model_id"]

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from meltok_runtime.atomic import atomic_output
-from meltok_runtime.errors import MeltokError
 
+from ..errors import AnchorError
 from ..metrics import SAMPLE_RATE
 from .report import ALL, format_rows, json_safe, report_paths
 from .run import Coded, Coder, score_folder
@@ -34,10 +34,6 @@ log = logging.getLogger("meltok")
 
 MAX_DELAY_SECONDS = 0.1
 GRIFFIN_LIM_ITERATIONS = 32
-
-
-class AnchorError(MeltokError, RuntimeError):
-    """A codec tool failed on a clip; the message has its command and error output."""
 
 
 @dataclasses.dataclass(frozen=True)

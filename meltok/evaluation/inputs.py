@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltok_runtime.errors import AudioInputError, BundleError, ModelFileError
+from meltok_runtime.errors import AudioInputError
 
 from ..metrics import SAMPLE_RATE
 
@@ -74,30 +74,19 @@ def load_clip(path, max_seconds: float | None = None) -> np.ndarray:
 
 @contextlib.contextmanager
 def open_codec(codec_like, *, device: str = "cpu"):
-    """Yield a codec: ``codec_like`` itself, a MelTok from a model file, or a runtime Codec from
-    a bundle folder (closed on exit)."""
+    """Yield a codec: ``codec_like`` itself, or what ``meltok.loaders.open_codec`` opens for a path
+    (a MelTok from a model file or run folder, a runtime Codec from a bundle folder, closed on exit)."""
     if not isinstance(codec_like, (str, Path)):
         if not (callable(getattr(codec_like, "encode", None)) and callable(getattr(codec_like, "decode", None))):
             raise TypeError(f"evaluate got {type(codec_like).__name__}; expected an object with encode/decode "
                             "(MelTok, meltok_runtime.Codec), a model file or a bundle folder")
         yield codec_like
         return
-    path = Path(codec_like)
-    if path.is_dir():
-        if not (path / "manifest.json").is_file():
-            raise BundleError(f"{str(path)!r} has no manifest.json; expected an export bundle folder "
-                              "(from meltok-export) or a .safetensors model file")
-        from meltok_runtime import Codec
-
-        with Codec.open(path) as codec:
-            yield codec
-        return
-    if not path.is_file():
-        raise ModelFileError(f"model {str(path)!r} does not exist; expected a .safetensors model file or a "
-                             "bundle folder")
     from ..codec import MelTok
+    from ..loaders import open_codec as open_model
 
-    yield MelTok.load(path, device=device).eval()
+    with open_model(MelTok, codec_like, device=device) as codec:
+        yield codec
 
 
 def describe(codec_like) -> str:

@@ -18,17 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meltok_runtime.errors import MeltokError
-
 from ..config import PRESETS
+from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
 STAGES = ("stage1", "stage2")
 PERCEPTUAL_CHOICES = ("auto", "vgg19", "mel-gradient", "none")
-
-
-class TrainConfigError(MeltokError, ValueError):
-    """A training configuration that is invalid, unreadable or does not fit the run."""
 
 
 def _check(condition: bool, message: str) -> None:

@@ -33,7 +33,7 @@ import soundfile as sf
 import soxr
 
 from meltok_runtime.atomic import atomic_output
-from meltok_runtime.errors import MeltokError
+from ..errors import CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ SILENCE_RMS_DB = -70.0
 
 _FLOOR_DB = -120.0
 _BLOCK = SAMPLE_RATE  # samples written per step; shard size is checked before each block
-
-
-class CorpusError(MeltokError, ValueError):
-    """A corpus that cannot be built or read (bad arguments, foreign folder, bad manifest)."""
 
 
 # ----------------------------------------------------------------------------- bandwidth

@@ -10,7 +10,8 @@ import soundfile as sf
 
 from meltok_runtime.atomic import atomic_output
 
-from .corpus import SAMPLE_RATE, CorpusError
+from ..errors import CorpusError
+from .corpus import SAMPLE_RATE
 
 
 def export_clips(corpus_dir: str | os.PathLike, out: str | os.PathLike, *, split: str = "test",

@@ -136,7 +136,7 @@ class Stage1(Stage):
             recon, target, vq_loss, tokens, _ = net(audio)
         scale = self.model.config.frontend.mel_scale
         floor = float(torch.log(torch.tensor(self.model.config.frontend.log_floor)))
-        mel_hat = torch.clamp(recon.float() * scale, min=floor)  # what decode_mel returns
+        mel_hat = torch.clamp(recon.float() * scale, min=floor)  # what decode_features returns
         scalars = {"val/mel_l1": F.l1_loss(mel_hat, target.float() * scale), "val/vq": vq_loss.float()}
         error = (mel_hat - target.float() * scale).abs().mean(dim=(0, 2))  # per mel band [M]
         for name, part in zip(("low", "mid", "high"), error.chunk(3)):  # band health: thirds of the mel rows

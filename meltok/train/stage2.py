@@ -50,7 +50,7 @@ class VocoderNet(nn.Module):
             with float32_region(audio):
                 tokens = model.quantizer.tokenize(model.quant_conv(hidden.float()))
                 codes = model.quantizer.lookup(tokens)
-        features = model.backbone(model.decode_mel(codes))
+        features = model.backbone(model.decode_features(codes))
         with float32_region(audio):
             audio_hat = model.head(features.float())
         return audio_hat, tokens

@@ -5,7 +5,7 @@ Run folder::
 
     RUN/config.json          the resolved TrainConfig of the latest start
     RUN/model.safetensors    the inference model, exported at every checkpoint
-    RUN/checkpoints/step-*/  resumable training checkpoints (``checkpoint.py``)
+    RUN/checkpoints/step-*/  resumable training checkpoints (``run_checkpoint.py``)
     RUN/logs/scalars.jsonl   scalar log (+ TensorBoard event files when tensorboard is installed)
     RUN/train.log            the text log of rank 0
 
@@ -37,10 +37,12 @@ from meltok_runtime.errors import MeltokError, ModelFileError
 
 from ..codec import MelTok
 from ..config import PRESETS, MelTokConfig, resolve_config
+from ..loaders import load_model
 from . import distributed
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .run_checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .codebook import CodebookMonitor, token_stats
-from .config import ARCHITECTURE_FIELDS, TrainConfig, TrainConfigError, get_field
+from ..errors import TrainConfigError, TrainingError
+from .config import ARCHITECTURE_FIELDS, TrainConfig, get_field
 from .data import CropBatches, fixed_crops, open_reader
 from .scalar_log import ScalarLog
 from .stage1 import Stage1
@@ -50,10 +52,6 @@ log = logging.getLogger(__name__)
 
 STAGES = {"stage1": Stage1, "stage2": Stage2}
 EvalHook = Callable[[MelTok, np.ndarray, int], dict]
-
-
-class TrainingError(MeltokError, RuntimeError):
-    """Training cannot go on (diverged loss, incompatible resume)."""
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -88,22 +86,10 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------- model init
 def load_init_model(source) -> MelTok:
     """A model from a model file, or from a run folder (its latest checkpoint, else its
-    ``model.safetensors``)."""
-    path = Path(source)
-    if path.is_dir():
-        folder = latest_checkpoint(path)
-        if folder is not None:
-            state, _ = load_checkpoint(folder)
-            model = MelTok(MelTokConfig.from_dict(state["model_config"]))
-            model.load_state_dict(state["modules"]["model"])
-            log.info("initialised from checkpoint %s", folder)
-            return model
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise ModelFileError(f"--init {str(source)!r}: expected a model file or a run folder with checkpoints "
-                             "or model.safetensors")
-    log.info("initialised from model file %s", path)
-    return MelTok.load(path)
+    ``model.safetensors``): ``loaders.load_model``."""
+    model = load_model(MelTok, source)
+    log.info("initialised from %s", source)
+    return model
 
 
 def preset_of(model_config: MelTokConfig) -> str | None:

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from meltok.train.corpus import (SAMPLE_RATE, CorpusError, CorpusReader, build_corpus,
-                                 is_band_limited, measure_bandwidth)
+from meltok.errors import CorpusError
+from meltok.train.corpus import SAMPLE_RATE, CorpusReader, build_corpus, is_band_limited, measure_bandwidth
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TINY_MB = 0.25  # forces several shards from ~1 minute of audio

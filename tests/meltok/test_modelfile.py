@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from meltok import MelTok
-from meltok.checkpoints import read_model_metadata
+from meltok.modelfile import read_model_metadata
 from meltok.config import PRESETS, MelTokConfig
 from meltok_runtime.errors import ModelFileError
 
@@ -75,16 +75,63 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     model.save(path)
     before = path.read_bytes()
-    import meltok.checkpoints as checkpoints
+    import meltok.modelfile as modelfile
 
     def broken_save(state, filename, metadata):
         with open(filename, "wb") as handle:
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "save_file", broken_save)
+    monkeypatch.setattr(modelfile, "save_file", broken_save)
     with pytest.raises(OSError):
         model.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
     assert json.loads(read_model_metadata(path)["config"])["name"] == "meltok-tiny"
+
+
+def test_model_id_names_weights_and_architecture_not_file_names(official_tiny_dir, tmp_path):
+    import dataclasses
+    import shutil
+
+    from click.testing import CliRunner
+
+    from meltok.cli import main
+
+    renamed = (shutil.copy(official_tiny_dir / "stage1.pt", tmp_path / "vae_00620000"),
+               shutil.copy(official_tiny_dir / "stage2.ckpt", tmp_path / "last.ckpt"))
+    direct = MelTok.from_official(official_tiny_dir / "stage1.pt", official_tiny_dir / "stage2.ckpt")
+    assert MelTok.from_official(*renamed).model_id == direct.model_id
+    result = CliRunner().invoke(main, ["convert", *map(str, renamed), "-o", str(tmp_path / "converted.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert MelTok.load(tmp_path / "converted.safetensors").model_id == direct.model_id
+    # the same weights under another architecture (a different mel scale, no new tensors) get another id
+    config = dataclasses.replace(direct.config, frontend=dataclasses.replace(direct.config.frontend, mel_scale=4.0))
+    other = MelTok(config)
+    other.load_state_dict(direct.state_dict())
+    assert other.save(tmp_path / "other.safetensors") != direct.model_id
+
+
+def test_shipped_model_keeps_its_stored_id():
+    """Files written before ids covered the architecture keep their id, so their token files stay decodable."""
+    from meltok.default_model import DEFAULT_MODEL
+    from meltok_runtime.codec import DEFAULT_BUNDLE
+    from meltok_runtime.manifest import load_manifest
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no default model is shipped in this checkout")
+    model = MelTok.load()
+    assert model.model_id == read_model_metadata(DEFAULT_MODEL)["model_id"] == "meltok-edge:73d172a93409"
+    assert load_manifest(DEFAULT_BUNDLE, verify_files=False).model_id == model.model_id
+
+
+def test_bad_model_configs_raise_config_errors():
+    from meltok.config import FrontendConfig, resolve_config
+    from meltok.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hop_length"):
+        FrontendConfig(hop_length=0)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        resolve_config("huge")
+    with pytest.raises(ConfigError, match="expected a MelTokConfig"):
+        MelTok.from_config(3)

@@ -12,10 +12,11 @@ import torch
 from click.testing import CliRunner
 
 from meltok import MelTok
-from meltok.train import checkpoint as ckpt
+from meltok.train import run_checkpoint as ckpt
 from meltok.cli import main as meltok_cli
 from meltok.train.codebook import CodebookMonitor, histogram_stats, reset_adam_rows, revive_dead_codes
-from meltok.train.config import TrainConfig, TrainConfigError
+from meltok.errors import TrainConfigError
+from meltok.train.config import TrainConfig
 from meltok.train.corpus import MANIFEST_FORMAT, MANIFEST_VERSION, CorpusReader
 from meltok.train.data import CropBatches, fixed_crops
 from meltok.train.discriminators import Discriminators

@@ -181,7 +181,7 @@ def test_model_file_killed_midway(tmp_path):
     import torch
 
     from meltok import MelTok
-    from meltok.checkpoints import read_model_metadata
+    from meltok.modelfile import read_model_metadata
 
     def save(path, seed):  # the child's exact model
         torch.manual_seed(seed)
@@ -207,7 +207,7 @@ def test_audio_file_killed_midway(tmp_path):
 CHECKPOINT_SCRIPT = """
 import sys, torch
 from pathlib import Path
-from meltok.train.checkpoint import save_checkpoint
+from meltok.train.run_checkpoint import save_checkpoint
 run, step = Path(sys.argv[1]).parent.parent, int(sys.argv[2])
 generator = torch.Generator().manual_seed(step)
 state = {"model": {f"w{i}": torch.randn(256, 512, generator=generator) for i in range(16)},
@@ -227,7 +227,7 @@ def _checkpoint_state(step: int) -> dict:
 def test_training_checkpoint_killed_midway(tmp_path):
     import torch
 
-    from meltok.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+    from meltok.train.run_checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
     def same(state, expected):
         assert state["data"] == expected["data"]
@@ -343,3 +343,27 @@ def test_folders_get_the_permissions_of_a_plain_mkdir(tmp_path):
         os.umask(umask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_outputs_never_touch_the_process_umask(tmp_path, monkeypatch):
+    """Other threads create files meanwhile: reading the umask with os.umask would change it for them."""
+    from meltok_runtime.atomic import atomic_directory, atomic_output
+
+    umask = os.umask(0o027)
+    os.umask(umask)  # read once here, before os.umask is made to refuse
+    try:
+        os.umask(0o027)
+
+        def refuse(mask):
+            raise AssertionError("os.umask was called")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        with atomic_output(tmp_path / "file.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o750

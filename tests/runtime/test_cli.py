@@ -156,3 +156,92 @@ def test_missing_default_bundle_says_to_pass_one(run, monkeypatch, tmp_path):
     monkeypatch.setattr(codec_module, "DEFAULT_BUNDLE", tmp_path / "models" / "default")
     assert_one_line_error(run("encode", DATA / "speech.flac", "-o", tmp_path / "x.mtok"), "-b BUNDLE")
     assert_one_line_error(run("info"), "-b BUNDLE")
+
+
+# ------------------------------------------------------------------------------ the user's files are safe
+@pytest.fixture(params=["meltok-rt", "meltok"])
+def cli(request, tiny_bundle, tiny_model_file):
+    """``(main, model options)`` of either command line; both go through one file pipeline."""
+    if request.param == "meltok":
+        from meltok.cli import main as torch_main
+
+        return torch_main, ["-m", tiny_model_file]
+    return main, ["-b", tiny_bundle]
+
+
+@pytest.fixture
+def precious(tmp_path):
+    """A user's audio file (speech, 1 s, 16-bit WAV) and its bytes."""
+    audio, rate = load_audio(DATA / "speech.flac")
+    path = tmp_path / "precious.wav"
+    sf.write(path, audio[0, :rate], rate, subtype="PCM_16")
+    return path, path.read_bytes()
+
+
+def test_outputs_never_replace_inputs_or_existing_files(run, cli, precious, tmp_path, caplog):
+    main_cli, model = cli
+    source, original = precious
+    for output in (source, tmp_path / "sub" / ".." / "precious.wav"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        for force in ([], ["--force"], ["-y"]):
+            assert_one_line_error(run("encode", source, *model, "-o", output, *force, cli=main_cli), "input file")
+    assert source.read_bytes() == original
+    tokens = tmp_path / "kept.mtok"
+    tokens.write_bytes(b"the user's own notes")
+    assert_one_line_error(run("encode", source, *model, "-o", tokens, cli=main_cli), "--force (-y)")
+    assert tokens.read_bytes() == b"the user's own notes"
+    assert run("encode", source, *model, "-o", tokens, "-y", cli=main_cli).exit_code == 0
+    token_bytes = tokens.read_bytes()
+    assert read_tokens(tokens).num_samples == [44100]
+    assert_one_line_error(run("decode", tokens, *model, "-o", source, cli=main_cli), "--force (-y)")
+    assert source.read_bytes() == original and tokens.read_bytes() == token_bytes
+    misnamed = tmp_path / "tokens.wav"
+    result = run("encode", source, *model, "-o", misnamed, cli=main_cli)  # a token file named .wav: a warning
+    assert result.exit_code == 0, result.output
+    assert any("token file" in r.getMessage() and "'.wav'" in r.getMessage() for r in caplog.records)
+    misnamed_bytes = misnamed.read_bytes()
+    assert_one_line_error(run("decode", misnamed, *model, "-o", misnamed, "-y", cli=main_cli), "input file")
+    assert misnamed.read_bytes() == misnamed_bytes
+
+
+def test_unwritable_folder_is_found_before_the_work(run, cli, precious, tmp_path, monkeypatch):
+    import errno
+
+    from meltok_runtime import atomic, pipeline
+
+    main_cli, model = cli
+    calls = []
+    monkeypatch.setattr(pipeline.CodecPipeline, "encode_prepared", lambda *args, **kwargs: calls.append(args))
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic, "_create_temporary", read_only)
+    assert_one_line_error(run("encode", precious[0], *model, "-o", tmp_path / "x.mtok", cli=main_cli),
+                          "cannot write into the folder")
+    assert calls == [] and not (tmp_path / "x.mtok").exists()
+
+
+def test_original_rate_is_restored_on_request(run, cli, tmp_path, caplog):
+    main_cli, model = cli
+    frames = sf.info(DATA / "music48k.flac").frames
+    assert run("encode", DATA / "music48k.flac", *model, "-o", tmp_path / "m.mtok", cli=main_cli).exit_code == 0
+    token_file = read_tokens(tmp_path / "m.mtok")
+    assert (token_file.source_sample_rate, token_file.source_num_samples) == (48000, [frames])
+    result = run("decode", tmp_path / "m.mtok", *model, "-o", tmp_path / "model-rate.wav", cli=main_cli)
+    assert result.exit_code == 0 and "writing 44100 Hz" in result.stderr and "restores 48000 Hz" in result.stderr
+    assert sf.info(tmp_path / "model-rate.wav").samplerate == 44100
+    result = run("decode", tmp_path / "m.mtok", *model, "-o", tmp_path / "original.flac", "--original-rate",
+                 "--subtype", "PCM_16", cli=main_cli)
+    assert result.exit_code == 0 and "writing 48000 Hz" in result.stderr, result.output
+    info = sf.info(tmp_path / "original.flac")
+    assert (info.samplerate, info.frames, info.subtype) == (48000, frames, "PCM_16")
+
+
+def test_stereo_input_is_mixed_down_with_a_note(run, cli, tmp_path, caplog):
+    main_cli, model = cli
+    audio, rate = load_audio(DATA / "speech.flac")
+    sf.write(tmp_path / "stereo.wav", np.stack([audio[0, :rate], audio[0, :rate] * 0.5], axis=1), rate)
+    assert run("encode", tmp_path / "stereo.wav", *model, "-o", tmp_path / "s.mtok", cli=main_cli).exit_code == 0
+    notes = [r.getMessage() for r in caplog.records if "mixing" in r.getMessage()]
+    assert len(notes) == 1 and "2 channels" in notes[0]

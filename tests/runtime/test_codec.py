@@ -78,7 +78,10 @@ def test_short_and_silent_audio(codec):
     audio = codec.decode(tokens, num_samples=10)
     assert audio.shape == (1, 10) and np.isfinite(audio).all()
     assert codec.decode(tokens).shape == (1, decoded_length(1, 256, 8))
-    assert codec.decode(tokens, num_samples=5000).shape == (1, 5000)  # zero-padded at the end
+    padded = codec.decode(tokens, num_samples=3000)  # zero-padded at the end, by less than one column
+    assert padded.shape == (1, 3000) and not padded[0, decoded_length(1, 256, 8):].any()
+    with pytest.raises(TokenInputError, match="more than 1 token columns cover"):
+        codec.decode(tokens, num_samples=5000)  # 1 column cannot have come from 5000 samples
 
 
 def test_decode_accepts_rows_by_columns(codec):

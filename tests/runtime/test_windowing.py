@@ -144,8 +144,8 @@ def whole_and_windowed(codec, long_music):
     assert (codec.window_columns, codec.context_columns) == (258, 22)  # the documented defaults
     # whole input in one backend call each (a Codec would cap its window at the bundle's max_columns)
     padded = np.pad(long_music, (0, padded_length(long_music.shape[-1], HOP, COMPRESSION) - long_music.shape[-1]))
-    whole_tokens = codec._encode_fn(padded[None]).astype(np.int64)
-    whole_audio = codec._decode_fn(whole_tokens)
+    whole_tokens = codec._encode_graph(padded[None]).astype(np.int64)
+    whole_audio = codec._decode_graph(whole_tokens)
     return {
         "whole_tokens": whole_tokens, "whole_audio": whole_audio,
         "tokens": codec.encode(long_music), "audio": codec.decode(whole_tokens),

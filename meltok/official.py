@@ -1,8 +1,10 @@
-"""Model files (safetensors + JSON config, never pickle) and conversion of official checkpoints."""
+"""Conversion of the reference implementation's checkpoints (stage-1 file + stage-2 Lightning checkpoint).
+
+The architecture is inferred from the tensors' names and shapes; loading never unpickles
+arbitrary objects unless the caller opts in (``allow_pickle``).
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -10,17 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from meltok_runtime.atomic import atomic_output
 from meltok_runtime.errors import ModelFileError
 from meltok_runtime.melfilters import mel_filterbank
 
 from .config import FrontendConfig, MelTokConfig, TokenizerConfig, VocoderConfig
+from .modelfile import load_state, model_id_of, weights_hash
 
-MODEL_FORMAT = "meltok-model"
-MODEL_FORMAT_VERSION = 1
+OFFICIAL_NAME = "meltok-official"  # the config name of converted models: ids never depend on file names
 
 # Stage-2 state-dict prefixes that training leaves behind and inference ignores.
 _STAGE2_IGNORED = ("feature_extractor.mel_spec.", "multiresddisc.", "multiperioddisc.", "melspec_loss.",
@@ -29,83 +28,6 @@ _STAGE2_IGNORED = ("feature_extractor.mel_spec.", "multiresddisc.", "multiperiod
 _STAGE1_IGNORED = ("decoder.", "post_quant_conv.")
 
 
-def weights_hash(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over key names, dtypes, shapes and bytes, in sorted key order."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def save_model_file(model, path) -> str:
-    """Write ``model`` to ``path`` atomically; returns the model id ``name:hash12``."""
-    state = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
-    digest = weights_hash(state)
-    model.model_id = f"{model.config.name}:{digest[:12]}"
-    metadata = {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION),
-                "config": model.config.to_json(), "weights_sha256": digest, "model_id": model.model_id}
-    with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return model.model_id
-
-
-def read_model_metadata(path) -> dict:
-    """The JSON-decoded metadata of a model file, without loading its weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file")
-    try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if size <= 0 or size > 100_000_000:
-                raise ValueError("bad header size")
-            header = json.loads(handle.read(size))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{str(path)!r} is not a meltok model file (not safetensors: {error})")
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{str(path)!r} is a safetensors file but not a meltok model "
-                             "(convert official checkpoints with `meltok convert`)")
-    version = int(metadata.get("format_version", "0"))
-    if version > MODEL_FORMAT_VERSION:
-        raise ModelFileError(f"{str(path)!r} has model format version {version}; this meltok reads up to "
-                             f"{MODEL_FORMAT_VERSION}: upgrade meltok")
-    return metadata
-
-
-def load_model_file(cls, path, *, device="cpu"):
-    """Build ``cls`` from a model file, checking the weights against their recorded hash."""
-    metadata = read_model_metadata(path)
-    config = MelTokConfig.from_json(metadata["config"])
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ModelFileError(f"cannot read the weights of {str(path)!r} ({error}); the file is corrupt")
-    if weights_hash(state) != metadata.get("weights_sha256"):
-        raise ModelFileError(f"the weights of {str(path)!r} do not match their recorded hash; the file is "
-                             "corrupt or was modified: re-download or re-convert it")
-    model = cls(config)
-    _load_state(model, state, source=str(path))
-    model.model_id = metadata["model_id"]
-    return model.to(device)
-
-
-def _load_state(model, state: dict, source: str) -> None:
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelFileError(f"{source}: state does not fit the architecture; missing keys {missing[:8]}"
-                             f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                             f"{'...' if len(unexpected) > 8 else ''}")
-    for key, value in model.state_dict().items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise ModelFileError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}")
-    model.load_state_dict(state, strict=True)
-
-
-# ------------------------------------------------------------------ official checkpoints
 def _torch_load(path, allow_pickle: bool) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -223,7 +145,7 @@ def load_official(cls, stage1_path, stage2_path, *, allow_pickle: bool = False):
     n_fft = window.shape[0] if window is not None else 1024
     config = infer_config(tokenizer, vocoder, n_mels=n_mels, n_fft=n_fft,
                           sample_rate=int(hparams.get("sample_rate", 44100)),
-                          name=f"meltok-official-{Path(stage2_path).stem}")
+                          name=OFFICIAL_NAME)
     if filterbank is not None:
         ours = mel_filterbank(filterbank.shape[0], n_mels, config.frontend.sample_rate, 0.0, config.frontend.f_max)
         gap = float(np.abs(ours - filterbank.float().numpy()).max())
@@ -231,6 +153,6 @@ def load_official(cls, stage1_path, stage2_path, *, allow_pickle: bool = False):
             raise ModelFileError(f"the checkpoint's mel filterbank differs from meltok's HTK filterbank by {gap:.3g}; "
                                  "this model was trained with another front end, which meltok does not support")
     model = cls(config)
-    _load_state(model, {**tokenizer, **vocoder}, source=f"{stage1_path} + {stage2_path}")
-    model.model_id = f"{config.name}:{weights_hash(model.state_dict())[:12]}"
+    load_state(model, {**tokenizer, **vocoder}, source=f"{stage1_path} + {stage2_path}")
+    model.model_id = model_id_of(config, weights_hash(model.state_dict()))
     return model
