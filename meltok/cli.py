@@ -123,7 +123,7 @@ def info(path):
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "report_prefix", type=click.Path(dir_okay=False), default=None,
-              help="Write the report as two files, REPORT_PREFIX.json (summaries and every clip) and "
+              metavar="REPORT_PREFIX", help="Write the report as two files, REPORT_PREFIX.json (summaries and every clip) and "
                    "REPORT_PREFIX.csv (one row per clip); a .json or .csv suffix is dropped first.")
 @click.option("--plots", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for PNG plots of original vs reconstructed mel spectrograms (a few clips).")
