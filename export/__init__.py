@@ -3,12 +3,7 @@
 ``export_bundle(model, out)`` writes a bundle folder that ``meltok_runtime`` runs without torch;
 ``verify_bundle(bundle, model)`` reruns its verification.
 """
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("meltok")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from meltok_runtime import __version__
 
 __all__ = ["__version__", "export_bundle", "export_onnx", "verify_bundle", "check_tensorrt_ops", "build_engine"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from meltok.receptive_field import stream_contract
 from meltok_runtime.atomic import atomic_directory
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.framing import padded_length, token_columns
@@ -125,7 +126,7 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
             sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
             token_rows=model.token_rows, codebook_size=model.codebook_size,
             compression=config.tokenizer.compression, opset=opset, graphs=graphs, engines=engines,
-            limits=limits, tolerances=tolerances, versions=tool_versions(engine))
+            limits=limits, tolerances=tolerances, versions=tool_versions(engine), streaming=stream_contract(config))
         manifest.write(folder)
     log.info("wrote bundle %s", out)
     return manifest

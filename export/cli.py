@@ -9,12 +9,13 @@ import logging
 
 import click
 
-from meltok_runtime.cli_support import setup_logging, user_errors, verbose_option
+from meltok_runtime.cli_support import (CommandGroup, require_packages, setup_logging, user_errors, verbose_option,
+                                        version_option)
 
 log = logging.getLogger("meltok_export")
 
 
-class _ExportByDefault(click.Group):
+class _ExportByDefault(CommandGroup):
     """A group whose ``export`` subcommand may be left out: ``meltok-export MODEL -o BUNDLE``."""
 
     default_command = "export"
@@ -30,9 +31,11 @@ class _ExportByDefault(click.Group):
 
 @click.group(cls=_ExportByDefault)
 @verbose_option
+@version_option
 def main(verbose):
     """Export a MelTok model to a bundle (ONNX graphs, optional TensorRT engines, manifest) that
-    meltok-rt runs without PyTorch; `export` is the default command."""
+    meltok-rt runs without PyTorch; `export` is the default command. Needs the `export` extra."""
+    require_packages(("torch", "safetensors", "onnx"), "export")
     setup_logging(verbose)
     logging.getLogger("meltok_export").setLevel(logging.INFO)  # export steps take a while: show progress
 

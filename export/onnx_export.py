@@ -106,7 +106,7 @@ class Float16Attention(nn.Module):
         q = (block.q(normed) * block.scale).flatten(2).transpose(1, 2)  # [B, HW, C]
         k = block.k(normed).flatten(2)  # [B, C, HW]
         v = block.v(normed).flatten(2)  # [B, C, HW]
-        weights = torch.softmax(torch.bmm(q, k), dim=2)  # [B, HWq, HWk]
+        weights = torch.softmax(block.mask_logits(torch.bmm(q, k), h, w), dim=2)  # [B, HWq, HWk]
         out = torch.bmm(v, weights.transpose(1, 2)).reshape(b, c, h, w)
         return x + block.proj_out(out)
 

@@ -1,24 +1,26 @@
 """``meltok`` command line: a thin layer over the library (PyTorch path)."""
 import json
 import logging
-import sys
 
 import click
-import numpy as np
 
-from meltok_runtime.cli_support import (force_option, original_rate_option, progress_bar, report_rate, setup_logging,
-                                        subtype_option, user_errors, verbose_option)
+from meltok_runtime.atomic import check_new_folder, check_new_output
+from meltok_runtime.cli_support import (CommandGroup, check_stream_output, decode_source, decoded_output_option,
+                                        encode_source, force_option, original_rate_option, progress_bar, setup_logging,
+                                        stdin_options, stream_options, subtype_option, user_errors, verbose_option,
+                                        version_option)
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import read_tokens
 
+from .config import PRESETS
 from .train.cli import train
 
 log = logging.getLogger("meltok")
 
 model_option = click.option(
     "-m", "--model", "model_path", type=click.Path(), default=None,
-    help="Model file (.safetensors from `meltok convert` or training), training run folder, export bundle "
-         "folder or preset name; default: the shipped model.")
+    help="Model file (.safetensors from `meltok convert`, `meltok init` or training), training run folder, export "
+         "bundle folder (run with ONNX Runtime) or preset name; default: the shipped model.")
 
 
 def _open_codec(model_path, device):
@@ -29,10 +31,14 @@ def _open_codec(model_path, device):
     return open_codec(MelTok, model_path, device=device)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 @verbose_option
+@version_option
 def main(verbose):
-    """MelTok: 44.1 kHz audio <-> one stream of discrete tokens (PyTorch path)."""
+    """MelTok: 44.1 kHz audio <-> one stream of discrete tokens (PyTorch path).
+
+    Commands that run a model file need PyTorch (pip install -e '.[train]'); meltok-rt runs
+    exported bundles without it."""
     setup_logging(verbose)
 
 
@@ -45,9 +51,9 @@ def main(verbose):
 @force_option
 @user_errors
 def convert(stage1, stage2, output, trust_pickle, force):
-    """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file."""
-    from meltok_runtime.atomic import check_new_output
+    """Convert official checkpoints (stage-1 tokenizer file, stage-2 Lightning .ckpt) to a model file.
 
+    The official MelCap checkpoints are published at https://huggingface.co/jingyi49/MelCap."""
     from .codec import MelTok
     from .loaders import load_model
 
@@ -58,18 +64,40 @@ def convert(stage1, stage2, output, trust_pickle, force):
 
 
 @main.command()
-@click.argument("audio", type=click.Path())
+@click.option("--preset", required=True, type=click.Choice(sorted(PRESETS)), help="Architecture to build.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@force_option
+@user_errors
+def init(preset, output, seed, force):
+    """Write a model file of PRESET with random weights (for export tests and benchmarks; it does not
+    reconstruct audio: train it, or convert the official checkpoints)."""
+    import torch
+
+    from .codec import MelTok
+
+    check_new_output(output, force=force, suffixes=(".safetensors",), what="model file")
+    torch.manual_seed(seed)
+    model = MelTok.from_config(preset)
+    model_id = model.save(output)
+    click.echo(f"wrote {output} ({model_id}, preset {preset}, random weights, "
+               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+
+
+@main.command()
+@click.argument("audio", type=click.Path(allow_dash=True))
 @model_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @force_option
+@stdin_options
 @user_errors
-def encode(audio, model_path, output, device, force):
-    """Encode an audio file (any format soundfile reads) to a token file."""
-    from meltok_runtime.codec_files import encode_file
-
+def encode(audio, model_path, output, device, force, input_format, rate, channels, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
+    standard input as it arrives."""
     with _open_codec(model_path, device) as codec, progress_bar("encoding") as progress:
-        written = encode_file(codec, audio, output, force=force, progress=progress)
+        written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
+                                rate=rate, channels=channels, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / written.sample_rate:.2f} s)")
 
@@ -77,21 +105,22 @@ def encode(audio, model_path, output, device, force):
 @main.command()
 @click.argument("tokens", type=click.Path())
 @model_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
+@decoded_output_option
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @original_rate_option
 @subtype_option
 @force_option
+@stream_options
 @user_errors
-def decode(tokens, model_path, output, device, original_rate, subtype, force):
-    """Decode a token file to audio (at 44.1 kHz unless --original-rate), trimmed to the encoded length."""
-    from meltok_runtime.codec_files import decode_file
-
+def decode(tokens, model_path, output, device, original_rate, subtype, force, **streaming):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), trimmed to the encoded length;
+    --stream -o - writes it to standard output as it is decoded."""
+    check_stream_output(output, streaming["stream"])
     with _open_codec(model_path, device) as codec, progress_bar("decoding") as progress:
-        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
-                              progress=progress)
-    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        written = decode_source(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                                progress=progress, **streaming)
+    if written is None:  # streamed to standard output
+        return
     click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz")
 
 
@@ -99,24 +128,18 @@ def decode(tokens, model_path, output, device, original_rate, subtype, force):
 @click.argument("path", type=click.Path())
 @user_errors
 def info(path):
-    """Describe a model file or a token file."""
-    from .modelfile import read_model_metadata
-
+    """Describe a model file or a token file (token files need no PyTorch)."""
     try:
         token_file = read_tokens(path)
     except MeltokError:
+        from .modelfile import read_model_metadata
+
         metadata = read_model_metadata(path)
         config = json.loads(metadata["config"])
         click.echo(json.dumps({"kind": "model", "model_id": metadata["model_id"],
                                "format_version": int(metadata["format_version"]), "config": config}, indent=2))
         return
-    tokens = token_file.tokens
-    click.echo(json.dumps({
-        "kind": "tokens", "version": token_file.version, "model_id": token_file.model_id,
-        "sample_rate": token_file.sample_rate, "num_samples": token_file.num_samples,
-        "seconds": [n / token_file.sample_rate for n in token_file.num_samples],
-        "shape": list(tokens.shape), "codebook_size": token_file.codebook_size,
-        "distinct_codes": int(np.unique(tokens).size)}, indent=2))
+    click.echo(json.dumps(token_file.describe(), indent=2))
 
 
 @main.command(name="eval")
@@ -181,14 +204,13 @@ def data():
 @user_errors
 def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, shard_mb, keep_band_limited,
                max_files_per_source, workers):
-    """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable)."""
+    """Scan SOURCES for audio and write a sharded 44.1 kHz corpus (resumable: rerun to continue)."""
     from .train.corpus import build_corpus
 
-    with click.progressbar(length=1, label="files", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.length = total
-            bar.update(done - bar.pos)
+    # an existing corpus folder is resumed (build_corpus refuses any other non-empty folder)
+    check_new_folder(output, inputs=sources, force=True)
 
+    with progress_bar("files") as progress:
         manifest = build_corpus(sources, output, seed=seed, valid_fraction=valid_fraction,
                                 test_fraction=test_fraction, holdout=list(holdout), shard_mb=shard_mb,
                                 exclude_band_limited=not keep_band_limited,
@@ -207,10 +229,14 @@ def data_build(sources, output, seed, valid_fraction, test_fraction, holdout, sh
 @click.option("--seconds", default=8.0, show_default=True, help="Longest clip.")
 @click.option("--source", "sources", multiple=True, help="Use only this source; repeatable (default: all).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("-y", "--force", is_flag=True,
+              help="Write into an existing, non-empty folder (clips of the same names are replaced).")
 @user_errors
-def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed):
+def data_clips(corpus, output, split, categories, per_source, seconds, sources, seed, force):
     """Cut evaluation clips from a corpus split (default: the held-out test split)."""
     from .train.heldout import export_clips
+
+    check_new_folder(output, inputs=(corpus,), force=force)
 
     mapping = dict(item.split("=", 1) for item in categories if "=" in item)
     clips = export_clips(corpus, output, split=split, categories=mapping, per_source=per_source,

@@ -8,6 +8,7 @@ from torch import nn
 from meltok_runtime.pipeline import CodecPipeline
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
+from . import receptive_field
 from .config import MelTokConfig, resolve_config
 from .frontend import MelFrontend
 from .loaders import load_model
@@ -131,6 +132,11 @@ class MelTok(CodecPipeline, nn.Module):
         audio = self._decode_numpy(_to_numpy(tokens), num_samples, sample_rate=sample_rate, windows=windows,
                                    progress=progress)
         return audio if not isinstance(tokens, torch.Tensor) else torch.from_numpy(audio).to(tokens.device)
+
+    @property
+    def stream_contract(self) -> dict:
+        """The receptive field streams need (time-local variant; ``{}`` for the reference architecture)."""
+        return receptive_field.stream_contract(self.config)
 
     # ------------------------------------------------------------- graph calls
     def _encode_graph(self, audio: np.ndarray) -> np.ndarray:

@@ -48,6 +48,12 @@ class TokenizerConfig:
 
     Level ``i`` of the encoder works at nominal resolution ``resolution / patch_size / 2**i``;
     attention is placed at the levels whose nominal resolution is in ``attn_resolutions``.
+
+    ``time_local`` (default off: the reference architecture) builds the time-local variant: GroupNorm
+    statistics per time column (over the group's channels and all rows) and attention restricted to
+    keys within ``attention_radius`` columns (of the attention's level) of the query, so that every
+    token depends on a bounded span of audio (``meltok.receptive_field``) and streamed, windowed and
+    padded-batch results equal whole-input results.
     """
 
     channels: int = 128
@@ -61,6 +67,8 @@ class TokenizerConfig:
     embedding_dim: int = 64
     codebook_size: int = 8192
     num_groups: int = 32
+    time_local: bool = False
+    attention_radius: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "channels_mult", tuple(int(m) for m in self.channels_mult))
@@ -75,6 +83,9 @@ class TokenizerConfig:
                    f"every width must be divisible by num_groups={self.num_groups}; got {width}")
         _check(self.encoder_blocks >= 1 and self.decoder_blocks >= 1, "need at least one ResNet block per level")
         _check(self.codebook_size >= 2 and self.embedding_dim >= 1, "codebook needs >= 2 codes of dim >= 1")
+        _check(isinstance(self.time_local, bool), f"time_local must be true or false, got {self.time_local!r}")
+        _check(int(self.attention_radius) == self.attention_radius and self.attention_radius >= 0,
+               f"attention_radius must be a non-negative integer, got {self.attention_radius}")
 
     @property
     def num_levels(self) -> int:
@@ -186,7 +197,23 @@ def tiny() -> MelTokConfig:
     )
 
 
-PRESETS = {"paper": paper, "edge": edge, "tiny": tiny}
+def local_variant(config: MelTokConfig) -> MelTokConfig:
+    """``config`` as its time-local variant (name suffixed ``-local``): exact streaming and windowing."""
+    return dataclasses.replace(config, name=f"{config.name}-local",
+                               tokenizer=dataclasses.replace(config.tokenizer, time_local=True))
+
+
+def edge_local() -> MelTokConfig:
+    """The edge preset, time-local."""
+    return local_variant(edge())
+
+
+def tiny_local() -> MelTokConfig:
+    """The tiny preset, time-local."""
+    return local_variant(tiny())
+
+
+PRESETS = {"paper": paper, "edge": edge, "tiny": tiny, "edge-local": edge_local, "tiny-local": tiny_local}
 
 
 def resolve_config(config_or_preset) -> MelTokConfig:

@@ -1,4 +1,4 @@
-"""Typed errors of the torch package (model config, training, corpus).
+"""Typed errors of the torch package (model config, devices, training, corpus).
 
 The errors shared with the runtime (audio, tokens, model files, bundles) and those of torch-free
 modules (``metrics``, loadable on its own) live in ``meltok_runtime.errors``; every class here is
@@ -17,6 +17,10 @@ class TrainConfigError(MeltokError, ValueError):
 
 class TrainingError(MeltokError, RuntimeError):
     """Training cannot go on (diverged loss, incompatible resume)."""
+
+
+class DeviceError(MeltokError, ValueError):
+    """A torch device that does not exist on this machine (``--device cuda`` without CUDA, a typo)."""
 
 
 class CorpusError(MeltokError, ValueError):

@@ -25,6 +25,7 @@ from meltok_runtime.codec import Codec
 
 from .config import PRESETS, MelTokConfig, resolve_config
 from .default_model import default_model_path
+from .devices import torch_device
 from .modelfile import load_model_file, model_id_of, weights_hash
 from .official import load_official
 from .train.run_checkpoint import latest_checkpoint, load_checkpoint
@@ -33,7 +34,9 @@ log = logging.getLogger("meltok")
 
 
 def load_model(cls, source=None, *, device="cpu", allow_pickle: bool = False):
-    """A ``cls`` (``MelTok``) from ``source`` (see the module docstring), in eval mode on ``device``."""
+    """A ``cls`` (``MelTok``) from ``source`` (see the module docstring), in eval mode on ``device``
+    (checked first: ``DeviceError`` names the devices available)."""
+    device = torch_device(device)
     if source is None:
         return load_model_file(cls, default_model_path(), device=device)
     if isinstance(source, tuple):

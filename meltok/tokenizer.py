@@ -25,8 +25,24 @@ def nonlinearity(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x)
 
 
-def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6, affine=True)
+class ColumnGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per time column: ``[B, C, H, W]``, normalised over each group's
+    channels and all ``H`` rows separately for every column ``w`` (the time-local variant).
+
+    Same parameters as ``nn.GroupNorm``; exported as InstanceNormalization over ``[B * W, C, H]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        columns = x.permute(0, 3, 1, 2).reshape(b * w, c, h)
+        normed = F.group_norm(columns, self.num_groups, self.weight, self.bias, self.eps)
+        return normed.reshape(b, w, c, h).permute(0, 2, 3, 1)
+
+
+def group_norm(channels: int, num_groups: int, time_local: bool = False) -> nn.GroupNorm:
+    """The tokenizer's GroupNorm (eps 1e-6); per time column for the time-local variant."""
+    return (ColumnGroupNorm if time_local else nn.GroupNorm)(num_groups=num_groups, num_channels=channels,
+                                                               eps=1e-6, affine=True)
 
 
 class HaarPatcher(nn.Module):
@@ -58,11 +74,11 @@ class HaarUnpatcher(nn.Module):
 class ResnetBlock(nn.Module):
     """norm-tanh-conv twice with a (1x1 when widths differ) shortcut; ``[B, Cin, H, W] -> [B, Cout, H, W]``."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int):
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int, time_local: bool = False):
         super().__init__()
-        self.norm1 = group_norm(in_channels, num_groups)
+        self.norm1 = group_norm(in_channels, num_groups, time_local)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels, num_groups)
+        self.norm2 = group_norm(out_channels, num_groups, time_local)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -73,16 +89,27 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head global self-attention over all ``H * W`` positions, scaled by ``C**-0.5``."""
+    """Single-head self-attention over the ``H * W`` positions, scaled by ``C**-0.5``: global, or with
+    ``radius`` (time-local variant) only to keys at most ``radius`` columns from the query."""
 
-    def __init__(self, channels: int, num_groups: int):
+    def __init__(self, channels: int, num_groups: int, radius: int | None = None):
         super().__init__()
-        self.norm = group_norm(channels, num_groups)
+        self.norm = group_norm(channels, num_groups, time_local=radius is not None)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
         self.scale = channels ** -0.5
+        self.radius = radius
+
+    def mask_logits(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``[B, HW, HW]`` logits (positions ``row * W + column``) with keys beyond ``radius`` columns
+        of the query set to -inf; unchanged for global attention."""
+        if self.radius is None:
+            return logits
+        columns = torch.arange(w, device=logits.device)
+        near = (columns[:, None] - columns[None, :]).abs() <= self.radius  # [W, W]
+        return logits.masked_fill(~near.repeat(h, h), float("-inf"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -90,7 +117,7 @@ class AttnBlock(nn.Module):
         q = self.q(normed).flatten(2).transpose(1, 2)  # [B, HW, C]
         k = self.k(normed).flatten(2)  # [B, C, HW]
         v = self.v(normed).flatten(2)  # [B, C, HW]
-        weights = torch.softmax(torch.bmm(q, k) * self.scale, dim=2)  # [B, HWq, HWk]
+        weights = torch.softmax(self.mask_logits(torch.bmm(q, k) * self.scale, h, w), dim=2)  # [B, HWq, HWk]
         out = torch.bmm(v, weights.transpose(1, 2)).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
@@ -117,6 +144,14 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _resnet(in_channels: int, out_channels: int, config: TokenizerConfig) -> ResnetBlock:
+    return ResnetBlock(in_channels, out_channels, config.num_groups, config.time_local)
+
+
+def _attention(channels: int, config: TokenizerConfig) -> AttnBlock:
+    return AttnBlock(channels, config.num_groups, config.attention_radius if config.time_local else None)
+
+
 class _Level(nn.Module):
     """ResNet blocks, optional attention after each, optional resampling; names as in the reference."""
 
@@ -139,11 +174,11 @@ class _Level(nn.Module):
 
 
 class _Middle(nn.Module):
-    def __init__(self, channels: int, num_groups: int):
+    def __init__(self, channels: int, config: TokenizerConfig):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, num_groups)
-        self.attn_1 = AttnBlock(channels, num_groups)
-        self.block_2 = ResnetBlock(channels, channels, num_groups)
+        self.block_1 = _resnet(channels, channels, config)
+        self.attn_1 = _attention(channels, config)
+        self.block_2 = _resnet(channels, channels, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -155,7 +190,6 @@ class Encoder2d(nn.Module):
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        groups = config.num_groups
         self.patcher = HaarPatcher()
         self.conv_in = nn.Conv2d(4, config.channels, 3, padding=1)
         widths_in = (1,) + config.channels_mult
@@ -164,13 +198,13 @@ class Encoder2d(nn.Module):
             width_in, width = config.channels * widths_in[level], config.channels * mult
             blocks, attn = [], []
             for index in range(config.encoder_blocks):
-                blocks.append(ResnetBlock(width_in if index == 0 else width, width, groups))
+                blocks.append(_resnet(width_in if index == 0 else width, width, config))
                 if config.level_has_attention(level):
-                    attn.append(AttnBlock(width, groups))
+                    attn.append(_attention(width, config))
             last = level == config.num_levels - 1
             self.down.append(_Level(blocks, attn, None if last else Downsample(width), "downsample"))
-        self.mid = _Middle(width, groups)
-        self.norm_out = group_norm(width, groups)
+        self.mid = _Middle(width, config)
+        self.norm_out = group_norm(width, config.num_groups, config.time_local)
         self.conv_out = nn.Conv2d(width, config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,22 +220,21 @@ class Decoder2d(nn.Module):
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        groups = config.num_groups
         width = config.channels * config.channels_mult[-1]
         self.conv_in = nn.Conv2d(config.z_channels, width, 3, padding=1)
-        self.mid = _Middle(width, groups)
+        self.mid = _Middle(width, config)
         levels = []
         for level in reversed(range(config.num_levels)):
             width_out = config.channels * config.channels_mult[level]
             blocks, attn = [], []
             for _ in range(config.decoder_blocks):
-                blocks.append(ResnetBlock(width, width_out, groups))
+                blocks.append(_resnet(width, width_out, config))
                 width = width_out
                 if config.level_has_attention(level):
-                    attn.append(AttnBlock(width, groups))
+                    attn.append(_attention(width, config))
             levels.insert(0, _Level(blocks, attn, Upsample(width) if level != 0 else None, "upsample"))
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(width, groups)
+        self.norm_out = group_norm(width, config.num_groups, config.time_local)
         self.conv_out = nn.Conv2d(width, 4, 3, padding=1)
         self.unpatcher = HaarUnpatcher()
 

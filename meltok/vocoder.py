@@ -5,13 +5,15 @@ from torch import nn
 from .config import VocoderConfig
 from .spectral import ConvISTFT
 
+KERNEL_SIZE = 7  # the embedding convolution's and every ConvNeXt depthwise convolution's
+
 
 class ConvNeXtBlock(nn.Module):
     """Depthwise conv k7, LayerNorm, MLP with exact GELU, layer scale; ``[B, C, T] -> [B, C, T]``."""
 
     def __init__(self, dim: int, intermediate_dim: int, layer_scale: float):
         super().__init__()
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size=KERNEL_SIZE, padding=KERNEL_SIZE // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, intermediate_dim)
         self.act = nn.GELU()
@@ -29,7 +31,7 @@ class VocosBackbone(nn.Module):
 
     def __init__(self, input_channels: int, config: VocoderConfig):
         super().__init__()
-        self.embed = nn.Conv1d(input_channels, config.dim, kernel_size=7, padding=3)
+        self.embed = nn.Conv1d(input_channels, config.dim, kernel_size=KERNEL_SIZE, padding=KERNEL_SIZE // 2)
         self.norm = nn.LayerNorm(config.dim, eps=1e-6)
         self.convnext = nn.ModuleList(
             ConvNeXtBlock(config.dim, config.intermediate_dim, 1.0 / config.num_layers)

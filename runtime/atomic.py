@@ -46,14 +46,45 @@ def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what:
     if suffixes and path.suffix.lower() not in suffixes:
         log.warning("%s is written as a %s but its suffix %r suggests otherwise (expected %s)", path, what,
                     path.suffix, " or ".join(suffixes))
+    check_writable_folder(path.parent if str(path.parent) else Path("."))
+    return path
+
+
+def check_new_folder(path, *, inputs=(), force: bool = False) -> Path:
+    """Check an output folder before any work: it is none of the ``inputs`` (files or folders) and
+    lies neither inside nor around one; an existing, non-empty one is written into only with
+    ``force``; it (or the folder that will hold it) can be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"output path {str(path)!r} is a file; give a folder name")
+    for source in map(Path, inputs):
+        if not source.exists():
+            continue
+        inner, outer = path.resolve(), source.resolve()
+        if inner == outer or outer in inner.parents or inner in outer.parents:
+            relation = "is" if inner == outer else "lies inside or around"
+            raise OutputPathError(f"the output folder {str(path)!r} {relation} the input {str(source)!r}; writing "
+                                  "there could destroy the input: choose another folder")
+    if path.is_dir() and not force and any(path.iterdir()):
+        raise OutputPathError(f"the output folder {str(path)!r} exists and is not empty; pass --force (-y) to "
+                              "write into it, or choose another folder")
     parent = path.parent if str(path.parent) else Path(".")
+    if not path.exists() and not parent.is_dir():
+        raise OutputPathError(
+            f"output folder {str(parent)!r} does not exist; create it first or choose another path")
+    check_writable_folder(path if path.is_dir() else parent)
+    return path
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Raise OutputPathError unless a file can be created in ``folder`` (tried, so that read-only
+    mounts and permissions are both caught before any work)."""
     try:
-        probe = _create_temporary(parent, f".{path.name}.", ".probe")
+        probe = _create_temporary(folder, ".meltok-write-check.", ".probe")
     except OSError as error:
-        raise OutputPathError(f"cannot write into the folder {str(parent)!r} ({error.strerror}); choose a writable "
+        raise OutputPathError(f"cannot write into the folder {str(folder)!r} ({error.strerror}); choose a writable "
                               "folder") from None
     probe.unlink()
-    return path
 
 
 def _create_temporary(parent: Path, prefix: str, suffix: str, *, directory: bool = False) -> Path:

@@ -5,14 +5,16 @@ A thin layer over ``meltok_runtime``: token files are the ones ``meltok encode``
 """
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from .backends import BACKEND_CHOICES
-from .cli_support import (force_option, original_rate_option, progress_bar, report_rate, setup_logging,
-                          subtype_option, user_errors, verbose_option)
+from .cli_support import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
+                          force_option, original_rate_option, progress_bar, setup_logging, stdin_options,
+                          stream_options, subtype_option, user_errors, verbose_option, version_option)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -23,38 +25,49 @@ backend_option = click.option(
     "--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
     help="Inference backend; auto tries trt, then ort-cuda, then ort-cpu.")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="CPU threads per graph (default: all cores).")
+                              help="CPU threads per graph (default and most: the cores this process may use).")
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _open_codec(bundle, backend, threads):
     from .codec import Codec
 
+    cores = _usable_cores()
+    if threads is not None and threads > cores:  # oversubscribed threads run many times slower
+        log.warning("--threads %d is more than the %d CPU core(s) this process may use: using %d", threads, cores,
+                    cores)
+        threads = cores
     codec = Codec.open(bundle, backend=backend, threads=threads)
     log.info("using backend %s", codec.backend)
     return codec
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 @verbose_option
+@version_option
 def main(verbose):
     """MelTok runtime: 44.1 kHz audio <-> tokens with an exported bundle (ONNX Runtime or TensorRT)."""
     setup_logging(verbose)
 
 
 @main.command()
-@click.argument("audio", type=click.Path())
+@click.argument("audio", type=click.Path(allow_dash=True))
 @bundle_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Token file to write (.mtok).")
 @backend_option
 @threads_option
 @force_option
+@stdin_options
 @user_errors
-def encode(audio, bundle, output, backend, threads, force):
-    """Encode an audio file (any format soundfile reads) to a token file."""
-    from .codec_files import encode_file
-
+def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
+    standard input as it arrives."""
     with _open_codec(bundle, backend, threads) as codec, progress_bar("encoding") as progress:
-        written = encode_file(codec, audio, output, force=force, progress=progress)
+        written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
+                                rate=rate, channels=channels, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / codec.sample_rate:.2f} s, backend {codec.backend})")
 
@@ -62,39 +75,45 @@ def encode(audio, bundle, output, backend, threads, force):
 @main.command()
 @click.argument("tokens", type=click.Path())
 @bundle_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Audio file to write; the format follows the suffix (.wav, .flac, .ogg).")
+@decoded_output_option
 @backend_option
 @threads_option
 @original_rate_option
 @subtype_option
 @force_option
+@stream_options
 @user_errors
-def decode(tokens, bundle, output, backend, threads, original_rate, subtype, force):
-    """Decode a token file to audio (at 44.1 kHz unless --original-rate), each item trimmed to its encoded length."""
-    from .codec_files import decode_file
-
+def decode(tokens, bundle, output, backend, threads, original_rate, subtype, force,
+           **streaming):
+    """Decode a token file to audio (at 44.1 kHz unless --original-rate), each item trimmed to its encoded length;
+    --stream -o - writes it to standard output as it is decoded."""
+    check_stream_output(output, streaming["stream"])
     with _open_codec(bundle, backend, threads) as codec, progress_bar("decoding") as progress:
-        written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
-                              progress=progress)
-    report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
+        written = decode_source(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
+                                progress=progress, **streaming)
+    if written is None:  # streamed to standard output
+        return
     click.echo(f"wrote {output}: {max(written.num_samples) / written.sample_rate:.2f} s at {written.sample_rate} Hz "
                f"(backend {codec.backend})")
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False), required=False)
+@click.argument("path", metavar="[BUNDLE | TOKENS]", type=click.Path(), required=False)
 @backend_option
 @threads_option
 @user_errors
-def info(bundle, backend, threads):
-    """Describe a bundle (default: the shipped one) and the backends that can run it here."""
+def info(path, backend, threads):
+    """Describe a token file, or a bundle (default: the shipped one) and the backends that can run it here."""
     from .backends import availability
     from .codec import default_bundle
     from .errors import MeltokError
     from .manifest import load_manifest
+    from .tokenfile import read_tokens
 
-    path = Path(bundle) if bundle is not None else default_bundle()
+    if path is not None and Path(path).is_file():
+        click.echo(json.dumps(read_tokens(path).describe(), indent=2))
+        return
+    path = Path(path) if path is not None else default_bundle()
     manifest = load_manifest(path, verify_files=False)  # opening the codec below hashes each graph once
     report = {
         "bundle": str(path), "model_id": manifest.model_id, "model_name": manifest.model_name,
@@ -118,3 +137,59 @@ def info(bundle, backend, threads):
     click.echo(json.dumps(report, indent=2))
     if report["selected_backend"] is None:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Dataset folder (new, empty, or one to resume).")
+@bundle_option
+@backend_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Encoder processes (Ray: actors), each with cores / workers threads.")
+@threads_option
+@click.option("--shard-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Items per Parquet shard.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray Data: a local instance, or the cluster at ADDRESS (e.g. auto, ray://head:10001).")
+@click.option("--actors-per-gpu", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray with --backend ort-cuda or trt: encoder actors sharing one GPU.")
+@user_errors
+def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
+    """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
+    from .corpus_job import progress_bar, tokenize as run
+
+    try:
+        with progress_bar("tokenizing") as progress:
+            summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
+                          shard_rows=shard_rows, ray_address=ray_address, actors_per_gpu=actors_per_gpu,
+                          progress=progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
+        sys.exit(130)
+    counts = summary["counts"]
+    click.echo(f"wrote {output}: {counts['items']} items ({summary['hours']:.3f} h) in {counts['shards']} shards, "
+               f"{counts['failed']} failed (listed in {output}/dataset.json)")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the audio files.")
+@bundle_option
+@backend_option
+@threads_option
+@click.option("--ids", multiple=True, help="Decode only these items (repeat the option).")
+@click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True,
+              help="Audio file format (WAV: 32-bit float; FLAC: 24-bit).")
+@click.option("--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
+@user_errors
+def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
+    """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
+    from .corpus_decode import detokenize as run
+    from .corpus_job import progress_bar
+
+    with progress_bar("decoding", by_bytes=False) as progress:
+        summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
+                      force=force, suffix=f".{audio_format}", progress=progress)
+    for failure in summary["failures"]:
+        click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
+    click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "
+               f"{len(summary['failures'])} failed")

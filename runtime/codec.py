@@ -153,6 +153,11 @@ class Codec(CodecPipeline):
         return self.manifest.token_rate
 
     @property
+    def stream_contract(self) -> dict:
+        """The receptive field of time-local models, from the manifest (``{}`` for the reference architecture)."""
+        return self.manifest.streaming
+
+    @property
     def is_open(self) -> bool:
         return self._encoder.is_open and self._decoder.is_open
 

@@ -75,3 +75,7 @@ class MissingDependencyError(BackendError, ImportError):
 
 class MetricUnavailable(MeltokError, RuntimeError):
     """An optional metric whose package (or model file) is missing here; the message says why."""
+
+
+class StreamClosedError(MeltokError, RuntimeError):
+    """A stream used after ``flush()`` closed it."""

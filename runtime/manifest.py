@@ -91,6 +91,9 @@ class Manifest:
     tolerances: dict = field(default_factory=dict)  # measured at export: token agreement, waveform error, SNR
     versions: dict = field(default_factory=dict)  # tool versions at export
     format_version: int = BUNDLE_FORMAT_VERSION
+    # time-local models: {"time_local": true, "encoder_dependency": [lo, hi], "decoder_influence": [lo, hi]}
+    # in samples around each token column (meltok.receptive_field); empty for the reference architecture
+    streaming: dict = field(default_factory=dict)
 
     def __post_init__(self):
         graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}

@@ -25,6 +25,8 @@ import numpy as np
 
 from .errors import SettingsError, TokenInputError
 from .framing import check_tokens, decoded_length, padded_length, token_columns
+from .streaming import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
+from .streaming import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder, StreamSpec
 from .windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows, decode_windowed,
                         encode_windowed, seconds_to_columns)
 
@@ -183,6 +185,30 @@ class CodecPipeline:
                 f"num_samples={num_samples} at {rate} Hz is more than {columns} token columns cover "
                 f"({covered * rate // self.sample_rate} samples at most); pass the length the audio had when "
                 "it was encoded, or None")
+
+    # ----------------------------------------------------------------- streaming
+    @property
+    def stream_contract(self) -> dict:
+        """Time-local models: their receptive field (``meltok.receptive_field.stream_contract``); else ``{}``."""
+        return {}
+
+    def stream_decoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS,
+                       fade_seconds: float = DEFAULT_FADE_SECONDS) -> StreamDecoder:
+        """A stream that decodes tokens as they arrive (``streaming``); exact for time-local models."""
+        return StreamDecoder(self._decode_graph, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds, fade_seconds=fade_seconds)
+
+    def stream_encoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
+                       context_seconds: float = STREAM_CONTEXT_SECONDS) -> StreamEncoder:
+        """A stream that encodes audio at ``sample_rate`` as it is captured (``streaming``)."""
+        return StreamEncoder(self._encode_graph, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+                             context_seconds=context_seconds)
+
+    def _stream_spec(self) -> StreamSpec:
+        return StreamSpec.from_contract(self.stream_contract, sample_rate=self.sample_rate, hop_length=self.hop_length,
+                                        compression=self.compression, token_rows=self.token_rows,
+                                        codebook_size=self.codebook_size, max_columns=self.windows[0])
 
     # ------------------------------------------------------------------ internals
     def _chunks(self, batch: int) -> int:

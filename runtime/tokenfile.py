@@ -61,6 +61,13 @@ class TokenFile:
     source_sample_rate: int | None = None  # the audio's rate before resampling, when recorded
     source_num_samples: list | None = None  # its lengths at that rate
 
+    def describe(self) -> dict:
+        """A JSON-ready summary (what ``meltok info`` and ``meltok-rt info`` print)."""
+        return {"kind": "tokens", "version": self.version, "model_id": self.model_id,
+                "sample_rate": self.sample_rate, "num_samples": self.num_samples,
+                "seconds": [n / self.sample_rate for n in self.num_samples], "shape": list(self.tokens.shape),
+                "codebook_size": self.codebook_size, "distinct_codes": int(np.unique(self.tokens).size)}
+
 
 def pack_codes(codes, bits: int) -> bytes:
     """Pack non-negative integer ``codes`` (any shape, C order) at ``bits`` bits each, LSB first."""

@@ -1,17 +1,16 @@
-"""Shared test fixtures: the reference data in the workspace's shared folder."""
+"""Shared test fixtures: the official-format reference fixture and the real audio clips in ``tests/data``."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-OFFICIAL_TINY_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "official-tiny"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+OFFICIAL_TINY_DIR = DATA_DIR / "official-tiny"
 
 
 @pytest.fixture(scope="session")
 def official_tiny_dir() -> Path:
-    """Folder of the official-format reference fixture (checkpoints and ``io.npz``)."""
-    if not OFFICIAL_TINY_DIR.is_dir():
-        pytest.skip(f"reference fixture folder {OFFICIAL_TINY_DIR.resolve()} is missing")
+    """Folder of the official-format reference fixture (checkpoints and ``io.npz``; see its PROVENANCE.md)."""
     return OFFICIAL_TINY_DIR
 
 
@@ -22,7 +21,6 @@ def golden_io(official_tiny_dir) -> dict:
         return dict(data)
 
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 REAL_CLIPS = {"music": "music.flac", "speech": "speech.flac", "effects": "effects.flac",
               "music48k": "music48k.flac", "long_music": "long_music.ogg"}
 
@@ -44,3 +42,28 @@ def real_clips(real_clip_paths) -> dict:
         assert rate == 44100, f"{name} should be a 44.1 kHz clip"
         clips[name] = audio.mean(axis=1)
     return clips
+
+
+@pytest.fixture(scope="session")
+def tiny_local_model():
+    """The seeded time-local tiny preset, its codebook spread (normal, std 0.5) so that random latents
+    pick many codes without near-ties."""
+    import torch
+
+    from meltok import MelTok
+
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny-local")
+    torch.nn.init.normal_(model.quantizer.embedding.weight, 0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_local_bundle(tmp_path_factory, tiny_local_model):
+    """``(model, bundle folder)``: the time-local tiny model and its fp32 bundle from export_bundle."""
+    from meltok_export.bundle import export_bundle
+
+    tiny_local_model.save(tmp_path_factory.mktemp("models") / "tiny-local.safetensors")  # sets its model id
+    out = tmp_path_factory.mktemp("bundles") / "tiny-local"
+    export_bundle(tiny_local_model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
+    return tiny_local_model, out

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import torch_device
+
 log = logging.getLogger(__name__)
 
 
@@ -40,10 +42,11 @@ def info() -> DistInfo:
 def setup(device: str | None) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); choose the device.
 
-    ``device`` None means CUDA when available, else CPU. Returns ``(DistInfo, device)``.
+    ``device`` None means CUDA when available, else CPU (DeviceError if it does not exist here).
+    Returns ``(DistInfo, device)``.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    wanted = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = torch_device(device or None)
     if world_size <= 1:
         return DistInfo(), wanted
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

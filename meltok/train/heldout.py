@@ -11,7 +11,7 @@ import soundfile as sf
 from meltok_runtime.atomic import atomic_output
 
 from ..errors import CorpusError
-from .corpus import SAMPLE_RATE
+from .corpus import SAMPLE_RATE, read_manifest
 
 
 def export_clips(corpus_dir: str | os.PathLike, out: str | os.PathLike, *, split: str = "test",
@@ -26,10 +26,7 @@ def export_clips(corpus_dir: str | os.PathLike, out: str | os.PathLike, *, split
     (e.g. the packages held out whole, so no clip shares a package with the training data).
     """
     root = Path(corpus_dir)
-    try:
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise CorpusError(f"cannot read {str(root / 'manifest.json')!r} ({error}); build the corpus first")
+    manifest = read_manifest(root)
     files = [f for f in manifest["files"] if f["split"] == split and f["excluded"] is None
              and sum(s["length"] for s in f["segments"]) >= min_seconds * SAMPLE_RATE
              and (not sources or f["source"] in sources)]

@@ -9,7 +9,7 @@ Run folder::
     RUN/logs/scalars.jsonl   scalar log (+ TensorBoard event files when tensorboard is installed)
     RUN/train.log            the text log of rank 0
 
-Starting a trainer on a folder with checkpoints resumes from the latest one: model,
+Starting a trainer on a folder with checkpoints resumes from the latest one (``resume.py``): model,
 optimisers, schedulers, step, codebook statistics, RNG states and data position are restored,
 so ``n`` steps followed by ``m`` resumed steps equal ``n + m`` straight steps. Fields in
 ``config.ARCHITECTURE_FIELDS`` must match the checkpoint; others (steps, intervals,
@@ -22,7 +22,6 @@ logs and writes.
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
 import time
@@ -33,17 +32,18 @@ import numpy as np
 import torch
 
 from meltok_runtime.atomic import atomic_output
-from meltok_runtime.errors import MeltokError, ModelFileError
+from meltok_runtime.errors import MeltokError
 
 from ..codec import MelTok
 from ..config import PRESETS, MelTokConfig, resolve_config
+from ..errors import TrainingError
 from ..loaders import load_model
 from . import distributed
-from .run_checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .codebook import CodebookMonitor, token_stats
-from ..errors import TrainConfigError, TrainingError
-from .config import ARCHITECTURE_FIELDS, TrainConfig, get_field
+from .config import TrainConfig
 from .data import CropBatches, fixed_crops, open_reader
+from .resume import capture_rng, latest_state, restore_rng, resume_config, seed_everything
+from .run_checkpoint import save_checkpoint
 from .scalar_log import ScalarLog
 from .stage1 import Stage1
 from .stage2 import Stage2
@@ -52,35 +52,6 @@ log = logging.getLogger(__name__)
 
 STAGES = {"stage1": Stage1, "stage2": Stage2}
 EvalHook = Callable[[MelTok, np.ndarray, int], dict]
-
-
-# ----------------------------------------------------------------------------- RNG states
-def capture_rng(device: torch.device) -> dict:
-    """Python, numpy (legacy global) and torch RNG states as tensors, numbers and lists."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(mt), gauss],
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict, device: torch.device) -> None:
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- model init
@@ -140,9 +111,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
 
-        resume_state = self._load_latest()
+        resume_state = latest_state(self.out)
         if resume_state is not None:
-            config = self._check_resume(config, resume_state)
+            config = resume_config(config, resume_state, self.out)
 
         seed_everything(config.seed + self.dist.rank)
         self.model = self._build_model(config, resume_state).to(self.device)
@@ -167,6 +138,7 @@ class Trainer:
             with atomic_output(self.out / "config.json") as tmp:
                 tmp.write_text(self.config.to_json(), encoding="utf-8")
         self._stop_signal = threading.Event()
+        self._signal_number = None
         self._checkpoint_seconds = 0.0
 
     # ----------------------------------------------------------------- setup
@@ -188,38 +160,6 @@ class Trainer:
             logger.setLevel(self._log_level)
             self._file_log.close()
             self._file_log = None
-
-    def _load_latest(self) -> dict | None:
-        """The newest readable checkpoint's state (a damaged newest one falls back to the one before)."""
-        for step, folder in reversed(list_checkpoints(self.out)):
-            try:
-                state, _ = load_checkpoint(folder)
-            except ModelFileError as error:
-                log.warning("skipping checkpoint %s: %s", folder.name, error)
-                continue
-            log.info("resuming from %s (step %d)", folder, step)
-            return state
-        return None
-
-    def _check_resume(self, config: TrainConfig, state: dict) -> TrainConfig:
-        """The config to resume with: ``config`` checked against the checkpoint's; an ``auto``
-        perceptual choice, and the preset of a run started with ``init``, take the values the run
-        was started with."""
-        saved = TrainConfig.from_dict(state["train_config"])
-        if config.stage1.perceptual == "auto":
-            config = config.replace(**{"stage1.perceptual": saved.stage1.perceptual})
-        if config.init:  # the architecture came from the init model, not from the preset option
-            config = config.replace(preset=saved.preset)
-        for name in ARCHITECTURE_FIELDS:
-            old, new = get_field(saved, name), get_field(config, name)
-            if old != new:
-                raise TrainConfigError(
-                    f"{self.out} holds a checkpoint with {name}={old!r} but this run asks for {new!r}; "
-                    "use the run's config (omit --config to reuse RUN/config.json) or a new --out folder")
-        changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
-        if changed:
-            log.info("resuming with changed settings: %s", ", ".join(sorted(changed)))
-        return config
 
     def _build_model(self, config: TrainConfig, resume_state: dict | None) -> MelTok:
         if resume_state is not None:
@@ -336,6 +276,7 @@ class Trainer:
 
         def handler(signum, frame):
             log.warning("signal %d: stopping after this step with a checkpoint", signum)
+            self._signal_number = signum
             self._stop_signal.set()
             signal.signal(signum, previous.get(signum, signal.SIG_DFL))  # a second signal acts at once
 
@@ -402,7 +343,8 @@ class Trainer:
                 self.model.save(self.out / "model.safetensors")
         log.info("stopped at step %d of %d (%s)", self.step, config.steps, reason)
         return {"step": self.step, "stopped": reason, "validation": last_val,
-                "seconds": time.monotonic() - self._started}
+                "seconds": time.monotonic() - self._started,
+                "signal": self._signal_number if reason == "signal" else None}
 
     def _log_train(self, sums: dict, steps: int, since: float) -> None:
         values = {tag: float(total) / steps for tag, total in sums.items()}  # host sync here only
@@ -419,7 +361,27 @@ class Trainer:
                        "time/crops_per_second": self.config.batch_size * self.dist.world_size / seconds,
                        "epoch": float(self.stage.epoch(self.step))})
         self.scalars.write(self.step, values)
-        log.info("step %d: %s", self.step, _format(values))
+        log.info("step %d of %d (%s): %s", self.step, self.config.steps, self._pace(seconds), _format(values))
+
+    def _pace(self, step_seconds: float) -> str:
+        """Steps per second and the time to the last step (or to the time limit, if that comes first)."""
+        left = (self.config.steps - self.step) * step_seconds
+        limit = ""
+        if self.config.max_minutes:
+            until_limit = 60.0 * self.config.max_minutes - (time.monotonic() - self._started)
+            if until_limit < left:
+                left, limit = max(until_limit, 0.0), " (time limit)"
+        return f"{1.0 / max(step_seconds, 1e-9):.3g} steps/s, ETA {_duration(left)}{limit}"
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``"1h02m"``; ``95`` -> ``"1m35s"``; days beyond 48 hours."""
+    seconds = int(round(seconds))
+    if seconds >= 48 * 3600:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _format(values: dict) -> str:

@@ -20,6 +20,8 @@ def write_official_checkpoints(model, folder, *, seed: int = 0):
     for key, value in state.items():
         if key.startswith(("decoder.", "post_quant_conv.")):
             stage1[key] = value + 0.01 * torch.randn(value.shape, generator=gen)
+    # The inverse of ``meltok.official._split_official``, written out on its own on purpose: a test that
+    # reused the conversion's key mapping could not catch a mistake in it.
     stage2 = {}
     for key, value in state.items():
         if key.startswith("post_quant_conv."):

@@ -214,6 +214,32 @@ def test_foreign_output_folder_is_refused(sources, tmp_path):
         _build(sources, tmp_path / "c")
 
 
+def test_folder_without_audio_fails_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from meltok.cli import main
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("no audio here")
+    with pytest.raises(CorpusError, match="no audio file"):
+        build_corpus([tmp_path / "docs"], tmp_path / "corpus")
+    assert not (tmp_path / "corpus").exists()
+    result = CliRunner().invoke(main, ["data", "build", str(tmp_path / "docs"), "-o", str(tmp_path / "corpus")])
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("files")]
+    assert result.exit_code == 1 and len(lines) == 1 and "no audio file" in lines[0], result.stderr
+
+
+def test_heldout_clips_read_the_manifest_with_its_version_check(built, tmp_path):
+    from meltok.train.heldout import export_clips
+
+    out, _ = built
+    copy = Path(shutil.copytree(out, tmp_path / "corpus"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(CorpusError, match="version-1 meltok corpus manifest"):
+        export_clips(copy, tmp_path / "clips")
+
+
 def test_random_crops(built):
     out, man = built
     reader = CorpusReader(out, "train")

@@ -3,6 +3,7 @@ down, stage 2 keeps the tokenizer frozen, resume equals a straight run, checkpoi
 and atomic, dead codes are revived, the perceptual losses load, and the CLI runs."""
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from meltok.cli import main as meltok_cli
 from meltok.train.codebook import CodebookMonitor, histogram_stats, reset_adam_rows, revive_dead_codes
 from meltok.errors import TrainConfigError
 from meltok.train.config import TrainConfig
-from meltok.train.corpus import MANIFEST_FORMAT, MANIFEST_VERSION, CorpusReader
+from meltok.train.corpus import CorpusReader
+from meltok.train.corpus.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from meltok.train.data import CropBatches, fixed_crops
 from meltok.train.discriminators import Discriminators
 from meltok.train.losses import VGG19Features, build_perceptual
@@ -402,3 +404,57 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     assert state["step"] == 4 and len(state["rng"]) == 2 and len(state["data"]) == 2
     assert state["data"][0] != state["data"][1]  # independent crop streams per rank
     assert [p.name for _, p in ckpt.list_checkpoints(out)] == ["step-000000003", "step-000000004"]
+
+
+def test_cpu_defaults_apply_only_to_fields_nobody_set(tmp_path, caplog):
+    from meltok.train.cli import build_config
+
+    cpu = build_config("stage1", None, tmp_path / "a", device_type="cpu")
+    assert (cpu.preset, cpu.batch_size) == ("edge", 8)
+    assert "training on the CPU: preset edge, batch size 8" in caplog.text
+    gpu = build_config("stage1", None, tmp_path / "a", device_type="cuda")
+    assert (gpu.preset, gpu.batch_size) == ("paper", 64)
+    chosen = build_config("stage1", None, tmp_path / "a", device_type="cpu", preset="paper",
+                          overrides=["batch_size=2"])
+    assert (chosen.preset, chosen.batch_size) == ("paper", 2)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"batch_size": 16}))
+    from_file = build_config("stage1", partial, tmp_path / "a", device_type="cpu")
+    assert (from_file.preset, from_file.batch_size) == ("edge", 16)
+    resumed = tmp_path / "run"
+    resumed.mkdir()
+    (resumed / "config.json").write_text(TrainConfig(preset="tiny", batch_size=3).to_json())
+    again = build_config("stage1", None, resumed, device_type="cpu")
+    assert (again.preset, again.batch_size) == ("tiny", 3)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_non_zero(corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    code = "import sys\nfrom meltok.cli import main\nsys.argv[0] = 'meltok'\nmain()\n"
+    args = ["train", "stage1", "--data", corpus, "--out", run, "--preset", "tiny", "--steps", "100000",
+            "--batch-size", "1", "--device", "cpu", "--set", f"crop_samples={CROP}", "--set", "val_crops=0",
+            "--set", "log_every=1"]
+    process = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "step 2 of 100000" not in _read(run / "train.log"):
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "(signal)" in stdout and "stopping after this step with a checkpoint" in stderr
+    assert ckpt.latest_checkpoint(run) is not None and (run / "model.safetensors").is_file()
+    progress = [line for line in _read(run / "train.log").splitlines() if "step 2 of 100000" in line][0]
+    assert "steps/s, ETA" in progress
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -147,3 +147,6 @@ def long_music() -> np.ndarray:
         pytest.skip(f"{LONG_MUSIC} is missing")
     audio, rate = load_audio(LONG_MUSIC)
     return prepare_audio(audio[None], rate)[0][0]
+
+
+from .corpus_fixtures import clips, encoded, local_dataset  # noqa: E402,F401 - token-dataset fixtures

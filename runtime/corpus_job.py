@@ -1,0 +1,64 @@
+"""``tokenize``: sources -> items -> a dataset folder, on local workers or on Ray; and the progress bar.
+
+>>> from meltok_runtime.corpus_job import tokenize
+>>> summary = tokenize(["music/", "list.csv"], "dataset/", workers=2)          # local processes
+>>> summary = tokenize(["music/"], "dataset/", ray_address="auto", workers=8)   # an existing Ray cluster
+
+Running the same call again on the same folder resumes it (see ``dataset_writer``).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from .corpus_encode import dataset_identity
+from .corpus_sources import collect_items
+from .dataset import COLUMNS
+from .dataset_writer import DatasetWriter
+
+
+def tokenize(sources, output, *, bundle=None, backend: str = "auto", workers: int = 1, threads: int | None = None,
+             shard_rows: int = 1000, batch: int = 8, ray_address: str | None = None, actors_per_gpu: int = 2,
+             progress=None) -> dict:
+    """Tokenize every item of ``sources`` into the dataset folder ``output``; returns its summary
+    (``dataset.json``). ``ray_address``: None runs locally, ``"local"`` on a local Ray instance,
+    anything else joins that Ray cluster (``actors_per_gpu`` applies there)."""
+    if workers < 1 or shard_rows < 1 or batch < 1:
+        raise ValueError(f"need workers, shard_rows and batch >= 1, got {workers}, {shard_rows}, {batch}")
+    items, metadata_columns = collect_items(sources, reserved_columns=(*COLUMNS, "backend"))
+    writer = DatasetWriter.open(output, dataset_identity(bundle), metadata_columns, shard_rows)
+    options = {"bundle": bundle, "backend": backend, "workers": workers, "threads": threads, "batch": batch,
+               "progress": progress}
+    if ray_address is None:
+        from .corpus_local import tokenize_local
+
+        return tokenize_local(items, writer, **options)
+    from .corpus_ray import tokenize_ray
+
+    return tokenize_ray(items, writer, address=ray_address, actors_per_gpu=actors_per_gpu, **options)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, by_bytes: bool = True):
+    """A ``progress(JobProgress)`` callback drawing a bar on stderr: items, hours, x real time, ETA.
+
+    The bar advances by input bytes (``by_bytes``; a better measure of work left than items) or items.
+    """
+    import click
+
+    state = {}
+
+    def update(stats):
+        if "bar" not in state:
+            length = stats.bytes_total if by_bytes else stats.items_total
+            state["bar"] = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, show_eta=True,
+                                             item_show_func=lambda described: described)
+            state["bar"].__enter__()
+        bar = state["bar"]
+        bar.update((stats.bytes_done if by_bytes else stats.items_done) - bar.pos, stats.describe())
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)

@@ -1,0 +1,153 @@
+"""The tokenize jobs: worker processes, exact-length batches, resume after SIGKILL, and Ray Data on a
+local 2-CPU instance all give the tokens ``meltok-rt encode`` gives."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from meltok_runtime.audio import load_audio, prepare_audio
+from meltok_runtime.dataset import open_dataset
+
+from .conftest import DATA
+from .corpus_fixtures import assert_same_tokens, run_cli
+from .test_imports import run_python
+
+pytest.importorskip("pyarrow")
+
+CLI = [sys.executable, "-c", "from meltok_runtime.cli import main; main()"]
+
+
+def test_two_worker_processes_give_the_same_tokens(clips, encoded, tmp_path):
+    result = run_cli("tokenize", clips, "-o", tmp_path / "ds", "--workers", 2, "--backend", "ort-cpu")
+    assert result.exit_code == 0, result.output
+    assert_same_tokens(tmp_path / "ds", encoded)
+
+
+def test_items_of_one_length_are_encoded_as_one_batch_with_unchanged_tokens(tmp_path, monkeypatch):
+    from meltok_runtime import Codec, corpus_local
+    from meltok_runtime.corpus_job import tokenize
+
+    audio, rate = load_audio(DATA / "music.flac")
+    folder = tmp_path / "cuts"
+    folder.mkdir()
+    for index in range(4):  # four different 1.5 s cuts of real music: one length
+        sf.write(folder / f"cut{index}.wav", audio[:, index * 80000:index * 80000 + 66150].T, rate, subtype="FLOAT")
+    groups = []
+    original = corpus_local._encode
+    monkeypatch.setattr(corpus_local, "_encode", lambda audios: groups.append(len(audios)) or original(audios))
+    tokenize([folder], tmp_path / "ds", backend="ort-cpu")
+    assert max(groups) > 1 and sum(groups) == 4
+    with Codec.open(backend="ort-cpu") as codec:
+        for item in open_dataset(tmp_path / "ds"):
+            mono, _ = prepare_audio(load_audio(folder / item.id.split("/")[-1])[0][None], rate)
+            assert np.array_equal(item.tokens, codec.encode(mono, rate)[0]), item.id
+
+
+@pytest.fixture
+def many_clips(tmp_path):
+    """40 cuts of 2 s of real music: enough work to kill a job in the middle."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for name, count in (("long_music.ogg", 30), ("music.flac", 10)):
+        audio, rate = load_audio(DATA / name)
+        for index in range(count):
+            cut = audio[:, index * rate // 2:index * rate // 2 + 2 * rate]
+            sf.write(folder / f"{name}-{index}.flac", cut.T, rate)
+    return folder
+
+
+def test_sigkill_in_the_middle_then_the_same_command_finishes_the_job(many_clips, tmp_path):
+    output = tmp_path / "ds"
+    command = [*CLI, "tokenize", str(many_clips), "-o", str(output),
+               "--shard-rows", "3", "--backend", "ort-cpu"]
+    journal = output / "journal.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.is_file() and journal.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    committed = [json.loads(line) for line in journal.read_text().splitlines()]
+    kept = {entry["shard"]["file"]: (output / entry["shard"]["file"]).read_bytes() for entry in committed}
+    assert 2 <= len(kept) and sum(entry["shard"]["rows"] for entry in committed) < 40
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "40 items" in finished.stdout and "0 failed" in finished.stdout
+    assert all((output / name).read_bytes() == content for name, content in kept.items())  # never rewritten
+    ids = open_dataset(output).ids()
+    assert len(ids) == len(set(ids)) == 40  # nothing lost, nothing twice
+    info = json.loads((output / "dataset.json").read_text())
+    assert info["complete"] and info["counts"]["items"] == 40
+    assert sorted(p.name for p in (output / "shards").iterdir()) == sorted(
+        shard["file"].split("/")[-1] for shard in info["shards"])
+    reference = subprocess.run([*CLI, "encode",
+                                str(many_clips / "music.flac-3.flac"), "-o", str(tmp_path / "x.mtok"),
+                                "--backend", "ort-cpu"], capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    from meltok_runtime.tokenfile import read_tokens
+    assert np.array_equal(open_dataset(output).get("many/music.flac-3.flac").tokens,
+                          read_tokens(tmp_path / "x.mtok").tokens[0])
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray instance on 2 CPUs, shut down after the test."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_job_equals_local_mode_and_resumes_a_local_dataset(local_ray, clips, encoded, local_dataset, tmp_path):
+    from meltok_runtime.corpus_job import tokenize
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("speech.flac", "effects.flac"):
+        shutil.copy(clips / name, folder / name)
+    first = tokenize([folder], tmp_path / "ds", backend="ort-cpu", shard_rows=2)  # local mode
+    shard = (tmp_path / "ds" / first["shards"][0]["file"]).read_bytes()
+    for name in ("music.flac", "music48k.flac", "long_music.ogg"):
+        shutil.copy(clips / name, folder / name)
+    (folder / "broken.ogg").write_bytes(b"OggS but not really")  # a bad item for Ray's read stage
+    summary = tokenize([folder], tmp_path / "ds", backend="ort-cpu", shard_rows=2, ray_address="local")
+    assert summary["counts"] == {"items": 5, "failed": 1, "shards": 3}
+    assert (tmp_path / "ds" / first["shards"][0]["file"]).read_bytes() == shard
+    assert summary["failures"][0]["id"] == "clips/broken.ogg" and "cannot read" in summary["failures"][0]["reason"]
+    assert_same_tokens(tmp_path / "ds", encoded)
+    assert local_ray.is_initialized()  # a Ray instance the job did not start is left running
+
+
+def test_modules_import_without_pyarrow_and_ray_and_say_how_to_install(clips, tmp_path):
+    result = run_python("""
+        import meltok_runtime.corpus_job, meltok_runtime.corpus_ray, meltok_runtime.corpus_decode
+        from meltok_runtime.cli import main
+        sys.argv = ["meltok-rt", "tokenize", sys.argv[1], "-o", sys.argv[2]]
+        main()
+    """, clips, tmp_path / "ds", blocked=("torch", "pyarrow", "ray"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "needs the Python package 'pyarrow'" in result.stderr and "pip install" in result.stderr
+
+
+@pytest.mark.parametrize("args, expected", [((), None), (("--ray",), "local"), (("--ray=auto",), "auto"),
+                                            (("--ray", "ray://head:10001"), "ray://head:10001")])
+def test_ray_option_takes_an_optional_address(args, expected, clips, tmp_path, monkeypatch):
+    from meltok_runtime import corpus_job
+
+    calls = []
+    summary = {"counts": {"items": 0, "failed": 0, "shards": 0}, "hours": 0.0}
+    monkeypatch.setattr(corpus_job, "tokenize", lambda *a, **kw: calls.append(kw) or summary)
+    result = run_cli("tokenize", clips, "-o", tmp_path / "ds", *args)
+    assert result.exit_code == 0, result.output
+    assert calls[0]["ray_address"] == expected and calls[0]["workers"] == 1
