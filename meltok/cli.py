@@ -13,7 +13,6 @@ from meltok_runtime.errors import MeltokError
 from meltok_runtime.tokenfile import read_tokens
 
 from .config import PRESETS
-from .evaluate import eval_command
 from .train.cli import train
 
 log = logging.getLogger("meltok")
@@ -143,6 +142,49 @@ def info(path):
     click.echo(json.dumps(token_file.describe(), indent=2))
 
 
+@main.command(name="eval")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "report_prefix", type=click.Path(dir_okay=False), default=None,
+              metavar="REPORT_PREFIX", help="Write the report as two files, REPORT_PREFIX.json (summaries and every clip) and "
+                   "REPORT_PREFIX.csv (one row per clip); a .json or .csv suffix is dropped first.")
+@click.option("--plots", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for PNG plots of original vs reconstructed mel spectrograms (a few clips).")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Evaluate only the first S seconds of each clip.")
+@click.option("--no-visqol", is_flag=True, help="Skip ViSQOL (the slowest metric).")
+@click.option("--anchors", is_flag=True,
+              help="Also score classic codecs on the same clips (Opus 6/12 kbps, Vorbis q-1, MP3 16 kbps: "
+                   "each skipped when its tool is missing) and true mel + Griffin-Lim; print one table "
+                   "(with -o also REPORT_PREFIX-anchors.json).")
+@click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
+@user_errors
+def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, anchors, device):
+    """Evaluate MODEL (.safetensors model file or export bundle folder) on the audio under AUDIO_DIR.
+
+    Categories (music/speech/effects) come from the first folder under AUDIO_DIR.
+    """
+    from .evaluation import evaluate
+    from .evaluation.report import report_paths
+
+    report = evaluate(model, audio_dir, plot_dir=plot_dir, max_seconds=max_seconds, use_visqol=not no_visqol,
+                      output=report_prefix, device=device)
+    click.echo(report.table())
+    written = list(report_paths(report_prefix)) if report_prefix else []
+    if anchors:
+        from .evaluation.anchors import anchors_table, run_anchors, write_anchors
+
+        results = run_anchors(audio_dir, max_seconds=max_seconds, use_visqol=not no_visqol)
+        click.echo("")
+        click.echo(anchors_table(report, results))
+        if report_prefix:
+            written.append(write_anchors(report_prefix, report, results))
+    if written:
+        click.echo("wrote " + ", ".join(str(path) for path in written))
+    if plot_dir:
+        click.echo(f"wrote plots to {plot_dir}")
+
+
 @main.group()
 def data():
     """Training data: build a corpus from folders of audio."""
@@ -202,5 +244,4 @@ def data_clips(corpus, output, split, categories, per_source, seconds, sources, 
     click.echo(f"wrote {len(clips)} clips to {output}")
 
 
-main.add_command(eval_command)
 main.add_command(train)

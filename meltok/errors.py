@@ -25,3 +25,7 @@ class DeviceError(MeltokError, ValueError):
 
 class CorpusError(MeltokError, ValueError):
     """A corpus that cannot be built or read (bad arguments, foreign folder, bad manifest)."""
+
+
+class AnchorError(MeltokError, RuntimeError):
+    """A classic codec's tool failed on a clip during ``meltok eval --anchors``; the message has its command."""

@@ -11,8 +11,18 @@ default) and trims both to the shorter length. Definitions:
   filters with slaney area normalisation (``librosa.filters.mel`` defaults), then
   ``log_weight * mean|log10(clamp(M_est, 1e-5)^pow) - log10(clamp(M_ref, 1e-5)^pow)|
   + mag_weight * mean|M_est - M_ref|``, summed over the 7 scales. Defaults are the class
-  defaults ``pow=2``, ``mag_weight=1``, ``log_weight=1``; DAC's training configuration uses
-  ``pow=1, mag_weight=0`` (exactly half the log term).
+  defaults ``pow=2``, ``mag_weight=1``, ``log_weight=1``.
+- ``mel_distance_p1``: the same distance in DAC's training configuration (``conf/base.yml``:
+  ``pow=1``, ``mag_weight=0``): the log term alone, in log10 magnitude units (half the log term
+  of ``mel_distance``), without the linear-magnitude term.
+- ``frame_rate_buzz`` (dB): tonal lines at the multiples of ``sample_rate / hop`` (172.3 Hz for
+  44.1 kHz and hop 256), the artefact of ISTFT-head vocoders. Welch power spectrum of the whole
+  clip (periodic Hann of 16384 samples, hop 4096: 2.7 Hz bins); for each multiple ``k * f0``
+  below ``sample_rate / 2 - 60 Hz``, the prominence is the peak power within +-4 Hz over the
+  median power of the bins within +-60 Hz (the +-10 Hz around the line left out), in dB; the
+  clip's value is the median over the multiples, and the metric is estimate minus reference.
+- ``level_db``: RMS level difference in dB, ``20 log10(rms(estimate) / rms(reference))``;
+  negative when the estimate is quieter, ``nan`` for a silent reference.
 - ``stft_distance``: multi-resolution STFT distance with auraloss' ``MultiResolutionSTFTLoss``
   defaults: resolutions (n_fft, hop, win) = (1024, 120, 600), (2048, 240, 1200), (512, 50, 240),
   Hann window zero-padded to n_fft, magnitudes clamped at sqrt(1e-8); per resolution spectral
@@ -43,6 +53,11 @@ DAC_N_MELS = (5, 10, 20, 40, 80, 160, 320)
 MRSTFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
 LSD_N_FFT = 2048
 LSD_HOP = 512
+HOP_LENGTH = 256  # the STFT hop of the MelTok vocoder: frame rate 172.3 Hz at 44.1 kHz
+BUZZ_N_FFT = 16384
+BUZZ_PEAK_HZ = 4.0
+BUZZ_GAP_HZ = 10.0
+BUZZ_NEIGHBOURHOOD_HZ = 60.0
 
 
 # ------------------------------------------------------------------ inputs
@@ -179,6 +194,67 @@ def mel_distance(reference, estimate, *, sample_rate: int = SAMPLE_RATE,
         if mag_weight:
             total += mag_weight * float(np.mean(np.abs(m_est - m_ref), dtype=np.float64))
     return total
+
+
+def mel_distance_p1(reference, estimate, *, sample_rate: int = SAMPLE_RATE) -> float:
+    """DAC's mel distance as DAC trains with it: power 1, no magnitude term (module docstring)."""
+    return mel_distance(reference, estimate, sample_rate=sample_rate, pow=1.0, mag_weight=0.0)
+
+
+# ------------------------------------------------------------------ artefacts and level
+def average_power_spectrum(signal, n_fft: int = BUZZ_N_FFT) -> np.ndarray:
+    """Welch power spectrum ``[n_fft // 2 + 1]`` float64: mean ``|FFT|^2`` of periodic-Hann
+    frames with hop ``n_fft // 4`` (a signal shorter than ``n_fft`` is zero-padded to one frame)."""
+    x = np.asarray(signal, dtype=np.float64)
+    if x.size < n_fft:
+        x = np.pad(x, (0, n_fft - x.size))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::n_fft // 4]
+    spectra = np.abs(np.fft.rfft(frames * periodic_hann(n_fft), axis=-1)) ** 2
+    return spectra.mean(axis=0)
+
+
+def line_prominence_db(signal, fundamental: float, *, sample_rate: int = SAMPLE_RATE,
+                       n_fft: int = BUZZ_N_FFT) -> float:
+    """Median prominence in dB of the spectrum at the multiples of ``fundamental`` Hz over
+    its local spectral median (definition in the module docstring)."""
+    spectrum = average_power_spectrum(signal, n_fft)
+    floor = max(float(spectrum.max()), 1e-30) * 1e-15  # digital silence: no line, 0 dB
+    spectrum = np.maximum(spectrum, floor)
+    bin_hz = sample_rate / n_fft
+    peak, gap, reach = (int(round(hz / bin_hz)) for hz in (BUZZ_PEAK_HZ, BUZZ_GAP_HZ, BUZZ_NEIGHBOURHOOD_HZ))
+    count = int((sample_rate / 2 - BUZZ_NEIGHBOURHOOD_HZ) // fundamental)
+    if count < 1:
+        raise ValueError(f"no multiple of {fundamental} Hz lies below {sample_rate / 2} Hz")
+    offsets = np.arange(-reach, reach + 1)
+    around = offsets[np.abs(offsets) > gap]
+    prominences = []
+    for k in range(1, count + 1):
+        centre = int(round(k * fundamental / bin_hz))
+        line = spectrum[centre - peak:centre + peak + 1].max()
+        prominences.append(10.0 * math.log10(line / np.median(spectrum[centre + around])))
+    return float(np.median(prominences))
+
+
+def frame_rate_buzz(reference, estimate, *, sample_rate: int = SAMPLE_RATE, hop_length: int = HOP_LENGTH) -> float:
+    """Frame-rate buzz in dB: line prominence at the multiples of ``sample_rate / hop_length`` of
+    the estimate minus that of the reference (0 when both are alike, large for a buzzing vocoder)."""
+    ref, est = align(reference, estimate)
+    rate = sample_rate / hop_length
+    return (line_prominence_db(est, rate, sample_rate=sample_rate)
+            - line_prominence_db(ref, rate, sample_rate=sample_rate))
+
+
+def level_difference_db(reference, estimate) -> float:
+    """``20 log10(rms(estimate) / rms(reference))`` in dB; ``nan`` for a silent reference and
+    ``-inf`` for a silent estimate."""
+    ref, est = align(reference, estimate)
+    ref_rms = math.sqrt(float(np.mean(ref.astype(np.float64) ** 2)))
+    est_rms = math.sqrt(float(np.mean(est.astype(np.float64) ** 2)))
+    if ref_rms == 0.0:
+        return float("nan")
+    if est_rms == 0.0:
+        return float("-inf")
+    return 20.0 * math.log10(est_rms / ref_rms)
 
 
 def stft_distance(reference, estimate, *, resolutions=MRSTFT_RESOLUTIONS, eps: float = 1e-8) -> float:
@@ -327,7 +403,7 @@ def codebook_usage(tokens, codebook_size: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ all at once
-CORE_METRICS = ("mel_distance", "stft_distance", "lsd", "si_sdr")
+CORE_METRICS = ("mel_distance", "mel_distance_p1", "stft_distance", "lsd", "si_sdr", "buzz_db", "level_db")
 OPTIONAL_METRICS = ("visqol", "pesq_wb", "stoi")
 
 
@@ -338,9 +414,12 @@ def clip_metrics(reference, estimate, *, sample_rate: int = SAMPLE_RATE, speech:
     ref, est = align(reference, estimate)
     values: dict[str, float | None] = {
         "mel_distance": mel_distance(ref, est, sample_rate=sample_rate),
+        "mel_distance_p1": mel_distance_p1(ref, est, sample_rate=sample_rate),
         "stft_distance": stft_distance(ref, est),
         "lsd": log_spectral_distance(ref, est),
         "si_sdr": si_sdr(ref, est),
+        "buzz_db": frame_rate_buzz(ref, est, sample_rate=sample_rate),
+        "level_db": level_difference_db(ref, est),
     }
     reasons: dict[str, str] = {}
     optional = {"visqol": (lambda: visqol(ref, est, sample_rate=sample_rate)) if use_visqol else None,

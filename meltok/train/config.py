@@ -89,6 +89,17 @@ class Stage2Config:
     Without ``gan`` (cheap CPU mode): ``mel_weight * mel_L1 + mrstft_weight * MR-STFT``, and no
     discriminators are built. ``mrstft_weight`` is used only in that mode.
 
+    Added to the reference in both modes (weight 0 turns a term off; see ``losses``):
+    ``phase_weight * (GD + TD) + ip_weight * IP``, APNet's anti-wrapped phase losses at
+    ``phase_ffts`` (against the frame-rate buzz of the ISTFT head, which lives in the phase: the
+    model's magnitudes with the input's phase do not buzz, and the input's magnitudes with
+    either the input's phase advance along time or along frequency do not either, whatever the
+    absolute phase; so IP, which a mel vocoder cannot know, is off by default); ``complex_weight *`` the multi-resolution
+    complex STFT loss at ``mrstft_ffts``; ``level_weight *`` the energy-preserving level loss
+    (against the level loss of a log-domain L1). ``gain_db_min``: each training crop is scaled
+    by a random gain uniform in ``[gain_db_min, 0]`` dB after the corpus' peak normalisation to
+    -1..-6 dBFS, so quieter material is in the training distribution (0 = off).
+
     Learning rate: linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to 0 at
     ``TrainConfig.steps`` (for both optimisers).
     """
@@ -108,9 +119,15 @@ class Stage2Config:
     mrd_ffts: tuple[int, ...] = (2048, 1024, 512)
     mrd_channels: int = 64
     mrstft_ffts: tuple[int, ...] = (2048, 1024, 512)
+    phase_weight: float = 40.0
+    ip_weight: float = 0.0
+    phase_ffts: tuple[int, ...] = (1024,)
+    complex_weight: float = 1.0
+    level_weight: float = 1.0
+    gain_db_min: float = -24.0
 
     def __post_init__(self):
-        for name in ("betas", "mpd_periods", "mpd_channels", "mrd_ffts", "mrstft_ffts"):
+        for name in ("betas", "mpd_periods", "mpd_channels", "mrd_ffts", "mrstft_ffts", "phase_ffts"):
             cast = float if name == "betas" else int
             object.__setattr__(self, name, tuple(cast(v) for v in getattr(self, name)))
         _check(self.lr > 0, f"stage2.lr must be positive, got {self.lr}")
@@ -118,14 +135,15 @@ class Stage2Config:
                f"stage2.betas must be two numbers in [0, 1), got {self.betas}")
         _check(self.weight_decay >= 0, f"stage2.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0 and self.gan_start_step >= 0, "stage2 step counts must be >= 0")
-        _check(min(self.mel_weight, self.mrd_weight, self.fm_weight, self.mrstft_weight) >= 0,
-               "stage2 loss weights must be >= 0")
+        _check(min(self.mel_weight, self.mrd_weight, self.fm_weight, self.mrstft_weight, self.phase_weight,
+                   self.ip_weight, self.complex_weight, self.level_weight) >= 0, "stage2 loss weights must be >= 0")
+        _check(self.gain_db_min <= 0, f"stage2.gain_db_min must be <= 0 dB (0 = off), got {self.gain_db_min}")
         _check(len(self.mpd_periods) >= 1 and all(p >= 1 for p in self.mpd_periods),
                f"stage2.mpd_periods must be periods >= 1, got {self.mpd_periods}")
         _check(len(self.mpd_channels) >= 1 and all(c >= 1 for c in self.mpd_channels),
                f"stage2.mpd_channels must be positive widths, got {self.mpd_channels}")
         _check(self.mrd_channels >= 1, f"stage2.mrd_channels must be >= 1, got {self.mrd_channels}")
-        for name in ("mrd_ffts", "mrstft_ffts"):
+        for name in ("mrd_ffts", "mrstft_ffts", "phase_ffts"):
             ffts = getattr(self, name)
             _check(len(ffts) >= 1 and all(n >= 16 and n % 4 == 0 for n in ffts),
                    f"stage2.{name} must be FFT sizes >= 16 divisible by 4, got {ffts}")

@@ -1,5 +1,6 @@
-"""Training losses: log-mel L1, multi-resolution STFT, perceptual (VGG19 or a weight-free
-substitute), hinge GAN and feature matching.
+"""Training losses: log-mel L1, multi-resolution STFT, phase-aware (anti-wrapped phase losses,
+complex STFT), level, perceptual (VGG19 or a weight-free substitute), hinge GAN and feature
+matching.
 
 Spectral losses run in float32 with autocast disabled (bf16 FFTs are not supported and would
 be too coarse for log spectra).
@@ -7,6 +8,7 @@ be too coarse for log spectra).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -58,6 +60,121 @@ class MultiResolutionSTFTLoss(nn.Module):
                     torch.linalg.vector_norm(ref), min=self.eps)
                 total = total + convergence + F.l1_loss(torch.log(pred), torch.log(ref))
         return total / len(self.ffts)
+
+
+def _stft(audio: torch.Tensor, n_fft: int, window: torch.Tensor) -> torch.Tensor:
+    """Complex STFT ``[B, n_fft // 2 + 1, frames]``: hop ``n_fft // 4``, centred, float32."""
+    return torch.stft(audio.float(), n_fft, hop_length=n_fft // 4, window=window, center=True, return_complex=True)
+
+
+def anti_wrap(phase: torch.Tensor) -> torch.Tensor:
+    """``|x - 2 pi round(x / 2 pi)|``: the distance of a phase difference from the nearest
+    multiple of ``2 pi``, in ``[0, pi]`` (APNet's anti-wrapping function)."""
+    return torch.abs(phase - 2 * math.pi * torch.round(phase / (2 * math.pi)))
+
+
+class PhaseLoss(nn.Module):
+    """APNet's phase losses on the STFT of waveforms: instantaneous phase (IP), group delay (GD,
+    the phase difference along frequency) and instantaneous angular frequency / time difference
+    (TD, the phase difference along time), each the anti-wrapped error, at every ``n_fft`` of
+    ``ffts`` (hop ``n_fft // 4``), averaged over resolutions.
+
+    APNet predicts phase directly; here the phase comes from a waveform, where near-silent bins
+    have meaningless phase and a gradient ``1 / |X|`` that explodes. Each bin's error is therefore
+    weighted by ``m = |X_ref| * |X_pred|`` (the prediction's magnitude detached) divided by the
+    mean of ``m`` over the frames of its frequency bin (floored at ``rel_floor`` times the mean
+    over all bins): every frequency counts alike, as the frame-rate lines do (most of them lie
+    in quiet high bands), and within a frequency the louder frames count more. Weights are
+    normalised to sum to one per term. ``forward(prediction [B, N], target [B, N]) -> {"ip",
+    "gd", "td"}`` scalars in radians (0 for identical signals, at most pi).
+    """
+
+    def __init__(self, ffts=(1024,), rel_floor: float = 1e-4):
+        super().__init__()
+        self.ffts, self.rel_floor = tuple(ffts), rel_floor
+        for n_fft in self.ffts:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def _weights(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """``[B, F, T]`` bin weights (see the class docstring)."""
+        product = ref.abs() * pred.detach().abs()
+        per_bin = product.mean(dim=-1, keepdim=True)
+        floor = self.rel_floor * product.mean(dim=(-2, -1), keepdim=True)
+        return product / torch.maximum(per_bin, floor).clamp(min=1e-30)
+
+    @staticmethod
+    def _weighted(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return (error * weight).sum() / torch.clamp(weight.sum(), min=1e-12)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        length = min(prediction.shape[-1], target.shape[-1])
+        terms = {"ip": 0.0, "gd": 0.0, "td": 0.0}
+        with float32_region(prediction):
+            for n_fft in self.ffts:
+                window = getattr(self, f"window_{n_fft}")
+                pred, ref = _stft(prediction[..., :length], n_fft, window), _stft(target[..., :length], n_fft, window)
+                weight = self._weights(pred, ref)
+                safe = pred + (weight == 0).to(pred.dtype) * 1e-12  # atan2(0, 0) has no gradient
+                phase_pred, phase_ref = torch.angle(safe), torch.angle(ref)
+                terms["ip"] = terms["ip"] + self._weighted(anti_wrap(phase_pred - phase_ref), weight)
+                gd = anti_wrap(phase_pred.diff(dim=-2) - phase_ref.diff(dim=-2))
+                terms["gd"] = terms["gd"] + self._weighted(gd, torch.minimum(weight[:, 1:], weight[:, :-1]))
+                td = anti_wrap(phase_pred.diff(dim=-1) - phase_ref.diff(dim=-1))
+                terms["td"] = terms["td"] + self._weighted(td, torch.minimum(weight[..., 1:], weight[..., :-1]))
+        return {name: value / len(self.ffts) for name, value in terms.items()}
+
+
+class ComplexSTFTLoss(nn.Module):
+    """Multi-resolution complex STFT loss: ``||X_pred - X_ref||_F / ||X_ref||_F`` of the complex
+    spectra (magnitude and phase together), averaged over ``ffts`` (hop ``n_fft // 4``).
+    ``forward(prediction [B, N], target [B, N]) -> scalar`` (0 for identical signals)."""
+
+    def __init__(self, ffts=(2048, 1024, 512), eps: float = 1e-7):
+        super().__init__()
+        self.ffts, self.eps = tuple(ffts), eps
+        for n_fft in self.ffts:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        length = min(prediction.shape[-1], target.shape[-1])
+        total = prediction.new_zeros((), dtype=torch.float32)
+        with float32_region(prediction):
+            for n_fft in self.ffts:
+                window = getattr(self, f"window_{n_fft}")
+                pred, ref = _stft(prediction[..., :length], n_fft, window), _stft(target[..., :length], n_fft, window)
+                total = total + torch.linalg.vector_norm(pred - ref) / torch.clamp(
+                    torch.linalg.vector_norm(ref), min=self.eps)
+        return total / len(self.ffts)
+
+
+class LevelLoss(nn.Module):
+    """Energy-preserving level loss: L1 of the natural log of mel *power* pooled over blocks of
+    ``bands`` mel bands x ``frames`` frames, plus L1 of the log RMS of each crop.
+
+    A log-mel L1 alone is minimised by the median of the log spectrum over what the model cannot
+    predict (fine harmonic structure), which lies below the log of the mean power: peaky spectra
+    (piano, voiced speech) come out quieter. Pooling the power before the log makes the target the
+    energy, so the level is kept. Block powers are floored at ``rel_floor`` times the crop's mean
+    block power (-60 dB), so inaudible blocks neither dominate the loss nor its gradient.
+    ``forward(log_mel_pred [B, M, T], log_mel_ref [B, M, T], prediction [B, N], target [B, N]) ->
+    scalar`` (0 for identical inputs; log mels are ``ln(mel magnitude)``).
+    """
+
+    def __init__(self, bands: int = 8, frames: int = 16, rel_floor: float = 1e-6, eps: float = 1e-10):
+        super().__init__()
+        self.bands, self.frames, self.rel_floor, self.eps = bands, frames, rel_floor, eps
+
+    def forward(self, log_mel_pred, log_mel_ref, prediction, target) -> torch.Tensor:
+        frames = min(log_mel_pred.shape[-1], log_mel_ref.shape[-1])
+        length = min(prediction.shape[-1], target.shape[-1])
+        with float32_region(prediction):
+            pooled = [F.avg_pool2d(torch.exp(2 * m[..., :frames].float())[:, None], (self.bands, self.frames),
+                                   ceil_mode=True) for m in (log_mel_pred, log_mel_ref)]
+            floor = self.rel_floor * pooled[1].mean(dim=(1, 2, 3), keepdim=True) + self.eps
+            blocks = F.l1_loss(torch.log(torch.maximum(pooled[0], floor)), torch.log(torch.maximum(pooled[1], floor)))
+            power = [torch.mean(x[..., :length].float() ** 2, dim=-1) for x in (prediction, target)]
+            overall = F.l1_loss(torch.log(power[0] + self.eps), torch.log(power[1] + self.eps))
+        return blocks + overall
 
 
 # ----------------------------------------------------------------------------- perceptual

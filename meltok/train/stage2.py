@@ -5,19 +5,23 @@ Frozen: ``encoder``, ``quant_conv``, ``quantizer`` (codebook). Trained: ``post_q
 ``decoder``, ``backbone``, ``head``, and (with ``gan``) the discriminators. See
 ``Stage2Config`` for the losses. Each GAN step: the discriminators step on ``(audio,
 audio_hat.detach())``, then the generator steps against the updated discriminators, with one
-generator forward per step.
+generator forward per step. Validation logs, besides the losses, the frame-rate buzz and the
+level difference of the reconstructions (``meltok.metrics``), so both can be watched as
+training goes.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
+from .. import metrics
 from . import distributed
 from .discriminators import Discriminators
-from .losses import (MultiResolutionSTFTLoss, discriminator_hinge, feature_matching, float32_region,
-                     generator_hinge, mel_l1)
+from .losses import (ComplexSTFTLoss, LevelLoss, MultiResolutionSTFTLoss, PhaseLoss, discriminator_hinge,
+                     feature_matching, float32_region, generator_hinge, mel_l1)
 from .stage import Stage, adamw, cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,9 @@ class Stage2(Stage):
             parameter.requires_grad_(not name.startswith(FROZEN_PREFIXES))
         self.net = distributed.wrap(VocoderNet(model).to(device), device)
         self.mrstft = MultiResolutionSTFTLoss(cfg.mrstft_ffts).to(device)
+        self.phase = PhaseLoss(cfg.phase_ffts).to(device)
+        self.complex_stft = ComplexSTFTLoss(cfg.mrstft_ffts).to(device)
+        self.level = LevelLoss().to(device)
         generator = [p for p in model.parameters() if p.requires_grad]
         self.optimizers["generator"] = adamw(generator, cfg.lr, cfg.betas, cfg.weight_decay)
         self.schedulers["generator"] = cosine_schedule(self.optimizers["generator"], cfg.warmup_steps, config.steps)
@@ -77,7 +84,7 @@ class Stage2(Stage):
             count = sum(p.numel() for p in discriminators.parameters())
             log.info("stage 2 with GAN: discriminators %.2f M parameters", count / 1e6)
         else:
-            log.info("stage 2 without GAN: mel + multi-resolution STFT losses")
+            log.info("stage 2 without GAN: mel, multi-resolution STFT, phase, complex STFT and level losses")
 
     def train_mode(self) -> None:
         self.model.eval()  # frozen parts stay in eval mode
@@ -86,12 +93,37 @@ class Stage2(Stage):
         if "discriminators" in self.modules:
             self.modules["discriminators"].train()
 
-    def _mel_loss(self, audio_hat: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def _spectral_losses(self, audio_hat: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The log-mel L1 and the terms of ``Stage2Config`` with a non-zero weight (unweighted)."""
+        cfg = self.config.stage2
         with float32_region(audio):
-            return mel_l1(self.model.log_mel(audio_hat.float()), self.model.log_mel(audio.float()))
+            mel_hat, mel = self.model.log_mel(audio_hat.float()), self.model.log_mel(audio.float())
+            losses = {"mel_l1": mel_l1(mel_hat, mel)}
+            if cfg.phase_weight or cfg.ip_weight:
+                losses.update(self.phase(audio_hat, audio))
+            if cfg.complex_weight:
+                losses["complex_stft"] = self.complex_stft(audio_hat, audio)
+            if cfg.level_weight:
+                losses["level"] = self.level(mel_hat, mel, audio_hat, audio)
+        return losses
+
+    def _weighted_sum(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config.stage2
+        weights = {"mel_l1": cfg.mel_weight, "ip": cfg.ip_weight, "gd": cfg.phase_weight,
+                   "td": cfg.phase_weight, "complex_stft": cfg.complex_weight, "level": cfg.level_weight}
+        return sum(weights[name] * value for name, value in losses.items())
+
+    def _random_gain(self, audio: torch.Tensor) -> torch.Tensor:
+        """``audio [B, N]`` times a gain per crop, uniform in ``[gain_db_min, 0]`` dB."""
+        low = self.config.stage2.gain_db_min
+        if not low:
+            return audio
+        gain_db = torch.rand(audio.shape[0], 1, device=audio.device) * low
+        return audio * torch.pow(10.0, gain_db / 20.0)
 
     def train_step(self, audio: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         cfg = self.config.stage2
+        audio = self._random_gain(audio)
         with self.autocast():
             audio_hat, tokens = self.net(audio)
         real = audio[..., :audio_hat.shape[-1]]
@@ -109,8 +141,8 @@ class Stage2(Stage):
             d_optimizer.step()
             scalars.update({"train/disc": d_loss.detach(), "train/disc_mpd": d_mpd.detach(),
                             "train/disc_mrd": d_mrd.detach()})
-        mel = self._mel_loss(audio_hat, real)
-        g_loss = cfg.mel_weight * mel
+        losses = self._spectral_losses(audio_hat, real)
+        g_loss = self._weighted_sum(losses)
         if gan_active:
             with distributed.no_sync(self.disc), self.autocast():
                 out = self.disc(real, audio_hat)
@@ -134,7 +166,8 @@ class Stage2(Stage):
         if self.disc is not None:  # drop the discriminator gradients of the generator pass
             self.optimizers["discriminator"].zero_grad(set_to_none=True)
         self.monitor.update(tokens, step)
-        scalars.update({"train/total": g_loss.detach(), "train/mel_l1": mel.detach()})
+        scalars.update({f"train/{name}": value.detach() for name, value in losses.items()})
+        scalars["train/total"] = g_loss.detach()
         return scalars
 
     @torch.no_grad()
@@ -143,5 +176,21 @@ class Stage2(Stage):
         with self.autocast():
             audio_hat, tokens = net(audio)
         real = audio[..., :audio_hat.shape[-1]]
-        scalars = {"val/mel_l1": self._mel_loss(audio_hat, real), "val/mrstft": self.mrstft(audio_hat, real)}
+        scalars = {f"val/{name}": value for name, value in self._spectral_losses(audio_hat, real).items()}
+        scalars["val/mrstft"] = self.mrstft(audio_hat, real)
+        scalars.update(artefact_scalars(real, audio_hat))
         return scalars, tokens
+
+
+def artefact_scalars(audio: torch.Tensor, audio_hat: torch.Tensor) -> dict[str, float]:
+    """Mean frame-rate buzz and level difference (dB, ``meltok.metrics``) of a batch ``[B, N]``;
+    crops that are silent in either signal are left out of the level."""
+    reference = audio.detach().float().cpu().numpy()
+    estimate = audio_hat.detach().float().cpu().numpy()
+    buzz = [metrics.frame_rate_buzz(r, e) for r, e in zip(reference, estimate)]
+    levels = [metrics.level_difference_db(r, e) for r, e in zip(reference, estimate)]
+    levels = [value for value in levels if np.isfinite(value)]
+    scalars = {"val/buzz_db": float(np.mean(buzz))}
+    if levels:
+        scalars["val/level_db"] = float(np.mean(levels))
+    return scalars

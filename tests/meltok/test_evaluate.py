@@ -12,7 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from meltok import MelTok
-from meltok.evaluate import clip_category, eval_command, evaluate
+from meltok.cli import eval_command
+from meltok.evaluation import evaluate
+from meltok.evaluation.inputs import clip_category
 from meltok_runtime.errors import AudioInputError, BundleError, MeltokError
 
 CLIP_SECONDS = {"music": 1.0, "speech": 1.2, "effects": 0.75}

@@ -57,8 +57,9 @@ def test_stft_magnitude_equals_torch(speech, n_fft, hop, win):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5 * max(1.0, float(expected.max())))
 
 
-def _dac_mel_loss_torch(estimate, reference, filters):
-    """DAC ``MelSpectrogramLoss`` defaults, written with torch as audiotools computes it."""
+def _dac_mel_loss_torch(estimate, reference, filters, power=2.0, mag_weight=1.0):
+    """DAC ``MelSpectrogramLoss`` (class defaults: power 2, magnitude weight 1), written with
+    torch as audiotools computes it."""
     import torch
 
     total = torch.zeros((), dtype=torch.float64)
@@ -73,14 +74,16 @@ def _dac_mel_loss_torch(estimate, reference, filters):
             basis = torch.from_numpy(np.array(filters(window_length, n_mels)))
             mels.append((magnitude.transpose(2, -1) @ basis.T).transpose(-1, 2))
         x_mels, y_mels = mels
-        total += torch.nn.functional.l1_loss(x_mels.clamp(1e-5).pow(2.0).log10(),
-                                             y_mels.clamp(1e-5).pow(2.0).log10()).double()
-        total += torch.nn.functional.l1_loss(x_mels, y_mels).double()
+        total += torch.nn.functional.l1_loss(x_mels.clamp(1e-5).pow(power).log10(),
+                                             y_mels.clamp(1e-5).pow(power).log10()).double()
+        total += mag_weight * torch.nn.functional.l1_loss(x_mels, y_mels).double()
     return float(total)
 
 
-def test_mel_distance_equals_dac_reference(speech):
-    """Same value as DAC's loss written with torch.stft (librosa filters where installed)."""
+@pytest.mark.parametrize("training_definition", [False, True])
+def test_mel_distance_equals_dac_reference(speech, training_definition):
+    """Same value as DAC's loss written with torch.stft (librosa filters where installed): class
+    defaults for ``mel_distance``, DAC's training configuration for ``mel_distance_p1``."""
     pytest.importorskip("torch")
     try:
         import librosa
@@ -91,8 +94,12 @@ def test_mel_distance_equals_dac_reference(speech):
         def filters(n_fft, n_mels):
             return metrics.slaney_mel_filters(44100, n_fft, n_mels)
     noisy = add_noise(speech, 15.0)
-    expected = _dac_mel_loss_torch(noisy, speech, filters)
-    assert metrics.mel_distance(speech, noisy) == pytest.approx(expected, rel=1e-4)
+    if training_definition:
+        expected = _dac_mel_loss_torch(noisy, speech, filters, power=1.0, mag_weight=0.0)
+        assert metrics.mel_distance_p1(speech, noisy) == pytest.approx(expected, rel=1e-4)
+    else:
+        expected = _dac_mel_loss_torch(noisy, speech, filters)
+        assert metrics.mel_distance(speech, noisy) == pytest.approx(expected, rel=1e-4)
 
 
 def test_dac_training_variant_is_half_the_log_term(speech):
@@ -231,3 +238,59 @@ def test_metrics_module_needs_no_torch():
             "import numpy as np; x = np.sin(np.arange(8000) * 0.05).astype(np.float32); "
             "assert m.mel_distance(x, x) == 0.0")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ frame-rate buzz and level
+FRAME_RATE = 44100 / 256
+
+
+def pulse_train(size: int, period: int, amplitude: float) -> np.ndarray:
+    """One click of ``amplitude`` every ``period`` samples: lines at every multiple of 44100 / period."""
+    clicks = np.zeros(size, np.float32)
+    clicks[::period] = amplitude
+    return clicks
+
+
+@pytest.mark.parametrize("name", ["music", "speech", "effects"])
+def test_buzz_is_zero_for_identical_and_small_for_noise(real_clips, name):
+    clip = real_clips[name]
+    assert metrics.frame_rate_buzz(clip, clip) == 0.0
+    assert 0.0 <= metrics.line_prominence_db(clip, FRAME_RATE) < 3.0  # real inputs have no such lines
+    assert abs(metrics.frame_rate_buzz(clip, add_noise(clip, 20.0))) < 2.0
+
+
+@pytest.mark.parametrize("name", ["music", "speech", "effects"])
+def test_buzz_detects_lines_at_the_frame_rate_only(real_clips, name):
+    """Clicks every 256 samples (an ISTFT head's artefact) 10 dB below the clip's RMS give a large
+    buzz; the same clicks every 300 samples (lines between the multiples) do not."""
+    clip = real_clips[name]
+    rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
+    amplitude = 0.3 * rms * np.sqrt(256)  # the click train's RMS is about 10 dB under the clip's
+    buzzing = clip + pulse_train(clip.size, 256, amplitude)
+    assert metrics.frame_rate_buzz(clip, buzzing) > 10.0
+    assert abs(metrics.frame_rate_buzz(clip, clip + pulse_train(clip.size, 300, amplitude))) < 3.0
+
+
+def test_buzz_of_silence_and_short_clips():
+    silence = np.zeros(44100, np.float32)
+    assert metrics.frame_rate_buzz(silence, silence) == 0.0
+    short = np.sin(np.arange(2000) * 0.3).astype(np.float32)  # shorter than one analysis frame
+    assert math.isfinite(metrics.frame_rate_buzz(short, short + pulse_train(2000, 256, 0.5)))
+
+
+def test_level_difference(real_clips):
+    clip = real_clips["speech"]
+    assert metrics.level_difference_db(clip, clip) == 0.0
+    assert metrics.level_difference_db(clip, 0.5 * clip) == pytest.approx(-6.0206, abs=1e-3)
+    assert metrics.level_difference_db(clip, 2.0 * clip) == pytest.approx(6.0206, abs=1e-3)
+    assert math.isnan(metrics.level_difference_db(np.zeros(100, np.float32), clip[:100]))
+    assert metrics.level_difference_db(clip, np.zeros_like(clip)) == -math.inf
+
+
+def test_clip_metrics_has_buzz_level_and_both_mel_definitions(real_clips):
+    clip = real_clips["music"][:3 * 44100]
+    values, _ = metrics.clip_metrics(clip, 0.5 * clip, use_visqol=False)
+    assert values["level_db"] == pytest.approx(-6.02, abs=0.01)
+    assert abs(values["buzz_db"]) < 0.01  # a gain changes no line prominence
+    assert values["mel_distance_p1"] == pytest.approx(metrics.mel_distance_p1(clip, 0.5 * clip))
+    assert 0 < values["mel_distance_p1"] < values["mel_distance"]

@@ -121,7 +121,7 @@ def test_shipped_model_keeps_its_stored_id():
     if not DEFAULT_MODEL.is_file():
         pytest.skip("no default model is shipped in this checkout")
     model = MelTok.load()
-    assert model.model_id == read_model_metadata(DEFAULT_MODEL)["model_id"] == "meltok-edge:73d172a93409"
+    assert model.model_id == read_model_metadata(DEFAULT_MODEL)["model_id"] == "meltok-edge:e219538591c9"
     assert load_manifest(DEFAULT_BUNDLE, verify_files=False).model_id == model.model_id
 
 

@@ -2,6 +2,7 @@
 down, stage 2 keeps the tokenizer frozen, resume equals a straight run, checkpoints are sharded
 and atomic, dead codes are revived, the perceptual losses load, and the CLI runs."""
 import json
+import math
 import os
 from pathlib import Path
 
@@ -118,6 +119,10 @@ def test_stage1_overfits_one_batch(fixed_batch):
     assert last["train/total"] < 0.6 * first["train/total"]
     assert last["train/mel_l1"] < 0.6 * first["train/mel_l1"]
     assert all(np.isfinite(h["train/vq"]) and h["train/perceptual"] >= 0 for h in history)
+    scalars, _ = stage.validate(fixed_batch)
+    bands = [float(scalars[f"val/mel_l1_{name}"]) for name in ("low", "mid", "high")]
+    assert all(value > 0 for value in bands)
+    assert float(scalars["val/mel_l1"]) == pytest.approx(np.mean(bands), rel=1e-4)  # 96 rows in equal thirds
 
 
 @pytest.mark.parametrize("gan", [True, False])
@@ -125,7 +130,8 @@ def test_stage2_overfits_one_batch_and_freezes_the_tokenizer(fixed_batch, gan):
     torch.manual_seed(0)
     model = MelTok.from_config("tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stage = Stage2(model, tiny_config(**{"stage2.gan": gan}), torch.device("cpu"), CodebookMonitor(1024, 100))
+    config = tiny_config(**{"stage2.gan": gan, "stage2.gain_db_min": 0.0})  # the same batch at every step
+    stage = Stage2(model, config, torch.device("cpu"), CodebookMonitor(1024, 100))
     history = overfit(stage, fixed_batch, steps=20 if gan else 12)
     assert history[-1]["train/mel_l1"] < 0.9 * history[0]["train/mel_l1"]
     assert history[-1]["train/total"] < history[0]["train/total"]
@@ -138,6 +144,22 @@ def test_stage2_overfits_one_batch_and_freezes_the_tokenizer(fixed_batch, gan):
                            "head.out.weight") if not torch.equal(model.state_dict()[k], before[k])]
     assert len(changed) == 4
     assert ("discriminators" in stage.modules) == gan
+
+
+def test_stage2_random_gain_and_validation_logs_buzz_and_level(fixed_batch):
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny")
+    stage = Stage2(model, tiny_config(**{"stage2.gan": False, "stage2.gain_db_min": -20.0}), torch.device("cpu"),
+                   CodebookMonitor(1024, 100))
+    gains = [20 * torch.log10(stage._random_gain(fixed_batch).abs().amax(-1) / fixed_batch.abs().amax(-1))
+             for _ in range(5)]
+    gains = torch.cat(gains)
+    assert float(gains.min()) >= -20.0 and float(gains.max()) <= 0.0 and float(gains.std()) > 1.0
+    scalars, _ = stage.validate(fixed_batch)
+    for tag in ("val/mel_l1", "val/ip", "val/gd", "val/td", "val/complex_stft", "val/level", "val/buzz_db",
+                "val/level_db"):
+        assert math.isfinite(float(scalars[tag])), tag
+    assert float(scalars["val/buzz_db"]) > 3.0  # an untrained ISTFT head buzzes
 
 
 def test_discriminators_shapes():
