@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_benchmarks_smoke import load_script, table_lines
+from .test_benchmarks_smoke import table_lines
 
 pytest.importorskip("pyarrow")
 
 
 def test_corpus_main_compares_the_loop_and_the_job_on_real_clips(tmp_path, capsys):
     data = Path(__file__).resolve().parents[1] / "data"
-    corpus = load_script("corpus")
+    from benchmarks import corpus
     report = corpus.main([str(data), "--minutes", "0.1", "--modes", "loop,workers-1", "--json",
                           str(tmp_path / "corpus.json")])
     rows = table_lines(capsys.readouterr().out, "mode")

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from tests.benchmarks_smoke.test_benchmarks_smoke import load_script, table_lines
+from .test_benchmarks_smoke import table_lines
 
 pytest.importorskip("torch")
 
 
 def test_streaming_main_measures_both_directions(tmp_path, capsys):
-    streaming = load_script("streaming")
+    from benchmarks import streaming
     out_json = tmp_path / "streaming.json"
     report = streaming.main(["--models", "tiny-local", "--lookaheads", "0.1", "--pushes", "8", "--seconds", "1",
                              "--threads", "1", "--json", str(out_json)])
