@@ -158,15 +158,23 @@ def info(path):
                    "each skipped when its tool is missing) and true mel + Griffin-Lim; print one table "
                    "(with -o also REPORT_PREFIX-anchors.json).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
+@force_option
 @user_errors
-def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, anchors, device):
+def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, anchors, device, force):
     """Evaluate MODEL (.safetensors model file or export bundle folder) on the audio under AUDIO_DIR.
 
     Categories (music/speech/effects) come from the first folder under AUDIO_DIR.
     """
     from .evaluation import evaluate
+    from .evaluation.anchors import anchors_path
     from .evaluation.report import report_paths
 
+    if report_prefix:  # every output is checked before the (long) evaluation starts
+        outputs = [*report_paths(report_prefix), *([anchors_path(report_prefix)] if anchors else [])]
+        for path in outputs:
+            check_new_output(path, inputs=[model], force=force, what="report")
+    if plot_dir:
+        check_new_folder(plot_dir, inputs=[audio_dir, model], force=force)
     report = evaluate(model, audio_dir, plot_dir=plot_dir, max_seconds=max_seconds, use_visqol=not no_visqol,
                       output=report_prefix, device=device)
     click.echo(report.table())

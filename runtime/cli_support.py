@@ -101,8 +101,6 @@ def version_option(command):
     return click.version_option(__version__, message="%(prog)s %(version)s")(command)
 
 
-force_option = click.option("-y", "--force", is_flag=True,
-                            help="Replace an existing output file (never an input file).")
 original_rate_option = click.option(
     "--original-rate", is_flag=True,
     help="Write at the sample rate and length the audio had before encoding (recorded in the token file); "

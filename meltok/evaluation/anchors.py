@@ -213,10 +213,15 @@ def anchors_table(model_report, anchors: list[AnchorResult]) -> str:
     return "\n".join(format_rows(header, rows, left=2) + notes)
 
 
+def anchors_path(prefix) -> Path:
+    """``PREFIX-anchors.json``, beside the report's own files."""
+    path = report_paths(prefix)[0]
+    return path.with_name(path.stem + "-anchors.json")
+
+
 def write_anchors(prefix, model_report, anchors: list[AnchorResult]) -> Path:
     """Write ``PREFIX-anchors.json`` (the table, and each anchor's report, delays and note); returns its path."""
-    path = report_paths(prefix)[0]
-    path = path.with_name(path.stem + "-anchors.json")
+    path = anchors_path(prefix)
     data = {"table": anchors_table(model_report, anchors).splitlines(), "model": model_report.model,
             "anchors": {a.name: {"note": a.note, "delays": a.delays,
                                  "report": None if a.report is None else a.report.to_dict()} for a in anchors}}

@@ -126,3 +126,26 @@ def test_encode_accepts_an_export_bundle_as_model(tmp_path, real_clip_paths):
     result = run("decode", tmp_path / "s.mtok", "-m", SHIPPED_BUNDLE, "-o", tmp_path / "s.wav")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.wav").stat().st_size > 100_000
+
+
+def test_eval_refuses_existing_reports_and_plot_folders_before_evaluating(tmp_path, real_clip_paths):
+    clips = tmp_path / "clips" / "speech"
+    clips.mkdir(parents=True)
+    (clips / "speech.flac").write_bytes(real_clip_paths["speech"].read_bytes())
+    model = tmp_path / "tiny.safetensors"
+    assert run("init", "--preset", "tiny", "-o", model).exit_code == 0
+    (tmp_path / "report.csv").write_text("mine")
+    line = one_error_line(run("eval", model, tmp_path / "clips", "-o", tmp_path / "report", "--no-visqol"))
+    assert "report.csv" in line and "--force" in line
+    assert (tmp_path / "report.csv").read_text() == "mine" and not (tmp_path / "report.json").exists()
+    (tmp_path / "anchors-anchors.json").write_text("mine")
+    line = one_error_line(run("eval", model, tmp_path / "clips", "-o", tmp_path / "anchors.json", "--anchors",
+                              "--no-visqol"))
+    assert "anchors-anchors.json" in line and not (tmp_path / "anchors.csv").exists()
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "notes.txt").write_text("mine")
+    line = one_error_line(run("eval", model, tmp_path / "clips", "--plots", plots, "--no-visqol"))
+    assert "not empty" in line and [p.name for p in plots.iterdir()] == ["notes.txt"]
+    assert run("eval", model, tmp_path / "clips", "-o", tmp_path / "report", "--no-visqol", "-y").exit_code == 0
+    assert (tmp_path / "report.csv").read_text() != "mine"  # replaced only when asked
