@@ -28,7 +28,7 @@ from torch import nn
 
 from meltok_runtime.manifest import BUNDLE_FORMAT_VERSION, GraphEntry, file_sha256
 
-from . import __version__
+from meltok_runtime import __version__
 from .contract import GRAPH_FILES, OPSET, check_graph_io, dynamic_axes, graph_specs
 from .dependencies import import_onnx, import_onnxsim
 from .errors import ContractError, ExportOptionError
