@@ -5,7 +5,7 @@ github.com/onnx/onnx-tensorrt, Apache-2.0), stored as ``data/tensorrt10-onnx-ops
 ONNX operator with ``Y``/``N`` and the restrictions column. ``check_tensorrt_ops`` reports:
 
 - operators outside the list, marked ``N``, or from a non-standard domain;
-- any ``STFT``/``DFT`` (or window-generator) op at all (DESIGN.md section 4);
+- any ``STFT``/``DFT`` (or window-generator) op at all (ONNX has no ISTFT, and neither ONNX Runtime CUDA nor TensorRT < 10.5 has STFT);
 - every restriction of the list, checked on the nodes that use the operator (one checker per
   restricted operator; a restricted operator without a checker is itself reported, so a graph never
   passes on a restriction nobody looked at);

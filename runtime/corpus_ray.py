@@ -27,7 +27,7 @@ GPU_BACKENDS = ("ort-cuda", "trt")
 
 class ClusterError(MeltokError, RuntimeError):
     """Ray could not be started or reached at the given address."""
-INSTALL = "pip install 'meltok[ray]' (ray[data])"
+INSTALL = "pip install -e '.[ray]' (ray[data]), in the clone's folder"
 
 
 def read_stage(row: dict, sample_rate: int, min_samples: int, hop_length: int) -> dict:

@@ -60,7 +60,7 @@ INFO_NAME = "dataset.json"
 JOURNAL_NAME = "journal.jsonl"
 SHARD_FOLDER = "shards"
 COLUMNS = ("id", "source", "tokens", "num_samples", "sample_rate", "channels", "duration", "model_id")
-INSTALL = "pip install 'meltok[dataset]' (pyarrow)"
+INSTALL = "pip install -e '.[dataset]' (pyarrow), in the clone's folder"
 
 
 class DatasetError(MeltokError, ValueError):
