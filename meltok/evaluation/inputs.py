@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from meltok_runtime.errors import AudioInputError
+from meltok_runtime.pipeline import AudioCodec
 
 from ..metrics import SAMPLE_RATE
 
@@ -77,9 +78,9 @@ def open_codec(codec_like, *, device: str = "cpu"):
     """Yield a codec: ``codec_like`` itself, or what ``meltok.loaders.open_codec`` opens for a path
     (a MelTok from a model file or run folder, a runtime Codec from a bundle folder, closed on exit)."""
     if not isinstance(codec_like, (str, Path)):
-        if not (callable(getattr(codec_like, "encode", None)) and callable(getattr(codec_like, "decode", None))):
-            raise TypeError(f"evaluate got {type(codec_like).__name__}; expected an object with encode/decode "
-                            "(MelTok, meltok_runtime.Codec), a model file or a bundle folder")
+        if not isinstance(codec_like, AudioCodec):
+            raise TypeError(f"evaluate got {type(codec_like).__name__}; expected an AudioCodec (MelTok, "
+                            "meltok_runtime.Codec), a model file or a bundle folder")
         yield codec_like
         return
     from ..codec import MelTok

@@ -16,6 +16,7 @@ from meltok.cli import eval_command
 from meltok.evaluation import evaluate
 from meltok.evaluation.inputs import clip_category
 from meltok_runtime.errors import AudioInputError, BundleError, MeltokError
+from meltok_runtime.pipeline import AudioCodec
 
 CLIP_SECONDS = {"music": 1.0, "speech": 1.2, "effects": 0.75}
 
@@ -102,9 +103,10 @@ def _imports(module: str) -> bool:
 
 
 class _PassThrough:
-    """A 'codec' whose tokens are the audio itself: a perfect reconstruction."""
+    """A 'codec' whose tokens are the audio itself: a perfect reconstruction (an AudioCodec with no codebook)."""
 
-    sample_rate = 44100
+    sample_rate, hop_length, frame_rate = 44100, 256, 44100 / 256
+    token_rows, codebook_size, token_rate, model_id = 1, None, 44100.0, "pass-through"
 
     def encode(self, audio, sample_rate):
         return np.asarray(audio, dtype=np.float32).copy()
@@ -127,6 +129,17 @@ def test_perfect_codec_scores_zero_and_categories_mapping(audio_dir, tmp_path):
     data = json.loads((tmp_path / "perfect.json").read_text())  # valid JSON: no NaN/Infinity literals
     assert data["summary"]["all"]["si_sdr"]["mean"] == "inf"
     assert (tmp_path / "perfect.csv").is_file()
+
+
+def test_evaluation_takes_audio_codecs_only(audio_dir):
+    assert isinstance(_PassThrough(), AudioCodec)
+
+    class EncodeDecodeOnly:  # encode/decode alone is not the codec contract
+        encode = _PassThrough.encode
+        decode = _PassThrough.decode
+
+    with pytest.raises(TypeError, match="expected an AudioCodec"):
+        evaluate(EncodeDecodeOnly(), audio_dir, max_seconds=0.5, use_visqol=False)
 
 
 def test_model_file_path_and_cli(audio_dir, tiny_model, tmp_path):
