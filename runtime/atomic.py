@@ -11,9 +11,13 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 from .errors import OutputPathError
+
+# Room kept free on an output's file system beyond the output itself, so a full disk is refused up front.
+MIN_FREE_BYTES = 1 << 20
 
 log = logging.getLogger("meltok_runtime")
 
@@ -30,10 +34,12 @@ def check_output_path(path) -> Path:
     return path
 
 
-def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what: str = "output") -> Path:
+def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what: str = "output",
+                     needed_bytes: int = 0) -> Path:
     """Check an output before any work: refuse ``path`` when it is one of ``inputs`` (the same file,
     by ``os.path.samefile``) or exists and ``force`` is false; warn on stderr when its suffix is not
-    one of ``suffixes`` (what is written there); check that its folder can be written."""
+    one of ``suffixes`` (what is written there); check that its folder can be written and has room
+    for ``needed_bytes``."""
     path = check_output_path(path)
     if path.exists():
         for source in inputs:
@@ -46,7 +52,7 @@ def check_new_output(path, *, inputs=(), force: bool = False, suffixes=(), what:
     if suffixes and path.suffix.lower() not in suffixes:
         log.warning("%s is written as a %s but its suffix %r suggests otherwise (expected %s)", path, what,
                     path.suffix, " or ".join(suffixes))
-    check_writable_folder(path.parent if str(path.parent) else Path("."))
+    check_writable_folder(path.parent if str(path.parent) else Path("."), needed_bytes)
     return path
 
 
@@ -76,15 +82,21 @@ def check_new_folder(path, *, inputs=(), force: bool = False) -> Path:
     return path
 
 
-def check_writable_folder(folder: Path) -> None:
+def check_writable_folder(folder: Path, needed_bytes: int = 0) -> None:
     """Raise OutputPathError unless a file can be created in ``folder`` (tried, so that read-only
-    mounts and permissions are both caught before any work)."""
+    mounts and permissions are both caught before any work) and its file system has room for
+    ``needed_bytes`` plus ``MIN_FREE_BYTES`` (a full disk is caught before the work, not after)."""
     try:
         probe = _create_temporary(folder, ".meltok-write-check.", ".probe")
     except OSError as error:
         raise OutputPathError(f"cannot write into the folder {str(folder)!r} ({error.strerror}); choose a writable "
                               "folder") from None
     probe.unlink()
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes + MIN_FREE_BYTES:
+        raise OutputPathError(f"the folder {str(folder)!r} has {free / 1e6:.1f} MB free and this output needs about "
+                              f"{(needed_bytes + MIN_FREE_BYTES) / 1e6:.1f} MB; free some space or choose another "
+                              "folder")
 
 
 def _create_temporary(parent: Path, prefix: str, suffix: str, *, directory: bool = False) -> Path:

@@ -222,6 +222,26 @@ def test_unwritable_folder_is_found_before_the_work(run, cli, precious, tmp_path
     assert calls == [] and not (tmp_path / "x.mtok").exists()
 
 
+def test_full_destination_is_found_before_the_work(run, cli, precious, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from meltok_runtime import atomic, pipeline
+
+    main_cli, model = cli
+    assert run("encode", precious[0], *model, "-o", tmp_path / "t.mtok", cli=main_cli).exit_code == 0
+    calls = []
+    monkeypatch.setattr(pipeline.CodecPipeline, "_decode_numpy", lambda *args, **kwargs: calls.append(args))
+    usage = namedtuple("usage", "total used free")
+    # room for the token file but not for one second of float audio (44100 x 4 bytes) plus the reserve
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: usage(10**9, 10**9, atomic.MIN_FREE_BYTES + 1000))
+    assert_one_line_error(run("decode", tmp_path / "t.mtok", *model, "-o", tmp_path / "x.wav", cli=main_cli),
+                          "MB free")
+    assert calls == [] and not (tmp_path / "x.wav").exists()
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: usage(10**9, 10**9, 0))
+    assert_one_line_error(run("encode", precious[0], *model, "-o", tmp_path / "y.mtok", cli=main_cli), "MB free")
+    assert not (tmp_path / "y.mtok").exists()
+
+
 def test_original_rate_is_restored_on_request(run, cli, tmp_path, caplog):
     main_cli, model = cli
     frames = sf.info(DATA / "music48k.flac").frames
