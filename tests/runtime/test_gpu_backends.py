@@ -124,7 +124,7 @@ def _no_sync(cudart):
 
 
 def _copies_in_reverse(cudart):  # the output copies enqueued before the run that writes them
-    real_copy, held = cudart.cudaMemcpyAsync, []
+    real_copy = cudart.cudaMemcpyAsync
 
     def copy(dst, src, size, kind, stream):
         if kind is cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from meltok_runtime import Codec
-from meltok_runtime.backends import TrtBackend
-from meltok_runtime.errors import EngineMismatchError, InputSpecError
+from meltok_runtime.errors import EngineMismatchError
 from meltok_runtime.manifest import load_manifest
 
 pytestmark = [pytest.mark.trt, pytest.mark.gpu]
