@@ -44,7 +44,8 @@ import math
 
 import numpy as np
 
-from meltok_runtime.errors import AudioInputError, MetricUnavailable
+from meltok_runtime.errors import AudioInputError, MetricUnavailable, MissingDependencyError
+from meltok_runtime.optional import import_optional
 
 SAMPLE_RATE = 44100
 
@@ -310,13 +311,11 @@ def _resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def _require(module: str, package: str):
-    import importlib
-
+    """The metric's package, or MetricUnavailable (a missing metric is skipped, not fatal)."""
     try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise MetricUnavailable(f"{module!r} does not import here ({error}); "
-                                f"install it with `pip install {package}` to get this metric") from None
+        return import_optional(module, install=f"pip install {package}", purpose="this metric")
+    except MissingDependencyError as error:
+        raise MetricUnavailable(str(error)) from None
 
 
 @functools.lru_cache(maxsize=2)
