@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from meltok_runtime.corpus_job import tokenize
-from meltok_runtime.corpus_sources import AUDIO_SUFFIXES
-from meltok_runtime.dataset import open_dataset, pyarrow_modules
-from meltok_runtime.dataset_writer import DatasetWriter
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.dataset.job import tokenize
+from meltok_runtime.dataset.sources import AUDIO_SUFFIXES
+from meltok_runtime.dataset.reader import open_dataset, pyarrow_modules
+from meltok_runtime.dataset.writer import DatasetWriter
+from meltok_runtime.io.tokenfile import read_tokens
 
 MODES = ("loop", "workers-1", "workers-2", "ray")
 
@@ -58,9 +58,9 @@ def pick_files(roots, seconds: float) -> list[tuple[str, Path, float]]:
 
 
 LOOP_CLI = ("import atexit, sys\n"
-            "from meltok_runtime.corpus_encode import peak_rss_mb\n"
+            "from meltok_runtime.dataset.items import peak_rss_mb\n"
             "atexit.register(lambda: print(f'peak_rss_mb {peak_rss_mb()}', file=sys.stderr))\n"
-            "from meltok_runtime.cli import main\n"
+            "from meltok_runtime.cli.main import main\n"
             "main()")
 
 

@@ -45,7 +45,7 @@ def gpu_present() -> str | None:
 
 def real_audio(seconds: float = 4.0) -> np.ndarray:
     """``[len(CLIPS), seconds * 44100]`` float32: the first seconds of each test clip, mono."""
-    from meltok_runtime.audio import load_audio, prepare_audio
+    from meltok_runtime.io.audio import load_audio, prepare_audio
 
     rows = []
     for name in CLIPS:

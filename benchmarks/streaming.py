@@ -40,7 +40,7 @@ MUSIC, SPEECH = ROOT / "tests" / "data" / "long_music.ogg", ROOT / "tests" / "da
 
 def load_clip(seconds: float) -> np.ndarray:
     """``seconds`` of real music followed by real speech, mono float32 at 44.1 kHz."""
-    from meltok_runtime.audio import load_audio, prepare_audio
+    from meltok_runtime.io.audio import load_audio, prepare_audio
 
     parts = []
     for path, limit in ((MUSIC, seconds), (SPEECH, None)):

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from meltok.receptive_field import stream_contract
-from meltok_runtime.atomic import atomic_directory
+from meltok_runtime.io.atomic import atomic_directory
 from meltok_runtime.backends.ort import import_onnxruntime
-from meltok_runtime.framing import padded_length, token_columns
+from meltok_runtime.lengths import padded_length, token_columns
 from meltok_runtime.manifest import MANIFEST_NAME, Manifest
 
 from .contract import OPSET, PRECISIONS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from meltok_runtime.framing import padded_length
+from meltok_runtime.lengths import padded_length
 
 from .contract import verify_audio
 

@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from meltok_runtime.cli_support import (CommandGroup, require_packages, setup_logging, user_errors, verbose_option,
+from meltok_runtime.cli.shared import (CommandGroup, require_packages, setup_logging, user_errors, verbose_option,
                                         version_option)
 
 log = logging.getLogger("meltok_export")

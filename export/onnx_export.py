@@ -169,7 +169,7 @@ def model_sha256(model) -> str:
 def _example_inputs(model, batch: int = 2, columns: int = 3) -> dict[str, torch.Tensor]:
     """Small tracing inputs (tracing runs the model, and float16 convolutions are slow on CPU); every
     length is symbolic in the exported graph, which the dynamic-shape tests check."""
-    from meltok_runtime.framing import decoded_length
+    from meltok_runtime.lengths import decoded_length
 
     samples = decoded_length(columns, model.hop_length, model.config.tokenizer.compression)
     generator = torch.Generator().manual_seed(0)

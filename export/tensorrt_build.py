@@ -25,11 +25,11 @@ import logging
 import os
 from pathlib import Path
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.backends.cuda import import_cudart
 from meltok_runtime.backends.trt import TRT_BUILD_INSTALL, gpu_here
 from meltok_runtime.errors import BackendError, BundleError
-from meltok_runtime.framing import decoded_length, token_columns
+from meltok_runtime.lengths import decoded_length, token_columns
 from meltok_runtime.manifest import EngineEntry, file_sha256
 from meltok_runtime.optional import import_optional
 from meltok_runtime.windowing import DEFAULT_WINDOW_SECONDS, seconds_to_columns

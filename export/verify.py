@@ -33,7 +33,7 @@ import numpy as np
 from meltok_runtime.backends import backend_class
 from meltok_runtime.backends.ort import import_onnxruntime
 from meltok_runtime.errors import MeltokError, ModelMismatchError
-from meltok_runtime.framing import decoded_length, padded_length, token_columns
+from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.manifest import load_manifest, verify_file
 
 from .contract import (FP16_TOKEN_GOAL, INT8_TOKEN_FLOOR, LOSSY, TIE_RTOL, TOLERANCES, VERIFY_AUDIO,

@@ -4,13 +4,13 @@ import logging
 
 import click
 
-from meltok_runtime.atomic import check_new_folder, check_new_output
-from meltok_runtime.cli_support import (CommandGroup, check_stream_output, decode_source, decoded_output_option,
+from meltok_runtime.io.atomic import check_new_folder, check_new_output
+from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option,
                                         encode_source, force_option, original_rate_option, progress_bar, setup_logging,
                                         stdin_options, stream_options, subtype_option, user_errors, verbose_option,
                                         version_option)
 from meltok_runtime.errors import MeltokError
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.io.tokenfile import read_tokens
 
 from .config import PRESETS
 from .train.cli import train

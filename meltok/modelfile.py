@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.errors import ModelFileError
 
 from .config import MelTokConfig

@@ -11,7 +11,7 @@ downsampling (zero-pad right, 3x3 kernel) and Haar patching, the decoder's neare
 the inverse Haar, the vocoder's k7 convolutions and the STFT/ISTFT frames (``n_fft`` samples centred
 on each hop; the periodic Hann window is 0 at its first sample). Normalisation is per column
 (GroupNorm) or per frame (LayerNorm), so it adds nothing.
-Streams (``meltok_runtime.streaming``) use these spans to keep only exact results; the reference
+Streams (``meltok_runtime.stream``) use these spans to keep only exact results; the reference
 architecture has no finite span (GroupNorm and attention see the whole input).
 """
 from __future__ import annotations

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import AUTO_ORDER, BACKENDS, backend_class
-from .errors import BackendError, BundleError, MeltokError, ModelMismatchError
-from .framing import padded_length, token_columns
-from .manifest import Manifest, load_manifest
-from .pipeline import CodecPipeline
-from .windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
+from meltok_runtime.backends import AUTO_ORDER, BACKENDS, backend_class
+from meltok_runtime.errors import BackendError, BundleError, MeltokError, ModelMismatchError
+from meltok_runtime.lengths import padded_length, token_columns
+from meltok_runtime.manifest import Manifest, load_manifest
+from meltok_runtime.pipeline import CodecPipeline
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
 log = logging.getLogger("meltok_runtime")
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError
+from meltok_runtime.errors import BundleError
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

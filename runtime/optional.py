@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import MissingDependencyError
+from meltok_runtime.errors import MissingDependencyError
 
 
 def import_optional(module: str, *, install: str, purpose: str) -> ModuleType:

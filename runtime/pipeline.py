@@ -23,11 +23,11 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import SettingsError, TokenInputError
-from .framing import check_tokens, decoded_length, padded_length, token_columns
-from .streaming import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
-from .streaming import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder, StreamSpec
-from .windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows, decode_windowed,
+from meltok_runtime.errors import SettingsError, TokenInputError
+from meltok_runtime.lengths import check_tokens, decoded_length, padded_length, token_columns
+from meltok_runtime.stream import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
+from meltok_runtime.stream import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder, StreamSpec
+from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows, decode_windowed,
                         encode_windowed, seconds_to_columns)
 
 log = logging.getLogger("meltok_runtime")
@@ -138,7 +138,7 @@ class CodecPipeline:
     # ------------------------------------------------------------------ encoding
     def prepare(self, audio, sample_rate: int = 44100, *, channels_last: bool = False) -> np.ndarray:
         """Check and convert audio (see ``audio.prepare_audio``) -> float32 ``[B, N]`` at ``sample_rate``."""
-        from .audio import prepare_audio  # soundfile and soxr only when audio is encoded
+        from meltok_runtime.io.audio import prepare_audio  # soundfile and soxr only when audio is encoded
 
         batch, _ = prepare_audio(audio, sample_rate, self.sample_rate, channels_last=channels_last,
                                  hop_length=self.hop_length)
@@ -164,7 +164,7 @@ class CodecPipeline:
         audio = self._batched(array, self._decode_graph, decode_windowed, windows or self.windows, progress)
         audio = audio.astype(np.float32, copy=False)
         if rate != self.sample_rate:
-            from .audio import resample
+            from meltok_runtime.io.audio import resample
 
             audio = resample(audio, self.sample_rate, rate)
         if num_samples is not None:

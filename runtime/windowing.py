@@ -45,7 +45,7 @@ from typing import Callable
 
 import numpy as np
 
-from .framing import decoded_length, token_columns
+from meltok_runtime.lengths import decoded_length, token_columns
 
 DEFAULT_WINDOW_SECONDS = 12.0
 DEFAULT_CONTEXT_SECONDS = 1.0
@@ -104,7 +104,7 @@ def encode_windowed(audio, encode_fn: Callable, *, window_columns: int, context_
     """``audio [B, N]`` -> tokens ``[B, R, T']`` with ``T' = token_columns(N)``, window by window.
 
     ``encode_fn`` maps audio ``[B, n]`` to tokens ``[B, R, token_columns(n)]``. ``N`` is normally
-    already padded (``framing.padded_length``); any ``N`` of at least one column works.
+    already padded (``lengths.padded_length``); any ``N`` of at least one column works.
     """
     audio = np.asarray(audio)
     if audio.ndim != 2:

@@ -16,7 +16,7 @@ import meltok_export
 import meltok_runtime
 from meltok.cli import main as meltok_main
 from meltok_export.cli import main as export_main
-from meltok_runtime.cli import main as runtime_main
+from meltok_runtime.cli.main import main as runtime_main
 
 COMMAND_LINES = {"meltok": meltok_main, "meltok-rt": runtime_main, "meltok-export": export_main}
 ANY_FILE = meltok_runtime.__file__  # an existing input path, for commands stopped before they read it
@@ -72,7 +72,7 @@ def test_unavailable_device_is_one_line_naming_the_available_ones(command, devic
     import torch
 
     from meltok.default_model import default_model_path
-    from meltok_runtime.tokenfile import write_tokens
+    from meltok_runtime.io.tokenfile import write_tokens
 
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -91,7 +91,7 @@ def test_unavailable_device_is_one_line_naming_the_available_ones(command, devic
 
 
 def test_meltok_without_torch_shows_help_reads_token_files_and_names_the_extra(tmp_path):
-    from meltok_runtime.tokenfile import write_tokens
+    from meltok_runtime.io.tokenfile import write_tokens
 
     tokens = tmp_path / "t.mtok"
     write_tokens(tokens, np.zeros((1, 12, 4), dtype=np.int64), sample_rate=44100, num_samples=7000,

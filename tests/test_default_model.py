@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from meltok.default_model import DEFAULT_MODEL
 from meltok_runtime.codec import DEFAULT_BUNDLE
 from meltok_runtime.manifest import load_manifest
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.io.tokenfile import read_tokens
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="no default model is shipped in this checkout")
 
@@ -27,7 +27,7 @@ def test_bundle_is_the_export_of_the_model():
 
 def test_both_command_lines_work_without_a_model_argument(tmp_path, real_clip_paths):
     from meltok.cli import main as meltok_main
-    from meltok_runtime.cli import main as runtime_main
+    from meltok_runtime.cli.main import main as runtime_main
 
     source = real_clip_paths["music"]
     runner = CliRunner()

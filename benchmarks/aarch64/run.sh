@@ -48,7 +48,7 @@ $PY -m pytest -q -p no:cacheprovider --rootdir "$REPO" \
     and not windowed_decode_of_real_tokens and not do_not_import_torch" || echo "(some tests failed: see above)"
 echo "== the README's main job with the shipped bundle"
 OUT=$WORK/out; rm -rf "$OUT"; mkdir -p "$OUT"
-RT="from meltok_runtime.cli import main; main()"
+RT="from meltok_runtime.cli.main import main; main()"
 $PY -c "$RT" encode tests/data/music.flac -o "$OUT/music.mtok"
 $PY -c "$RT" decode "$OUT/music.mtok" -o "$OUT/music.wav"
 $PY -c "import soundfile; info = soundfile.info('$OUT/music.wav'); print('decoded', info.samplerate, 'Hz,', info.frames, 'frames')"

@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
                 reference = None  # (backend, tokens) of the first successful encode
                 for op in args.op_list:
                     if op == "decode" and tokens_path is None:
-                        from meltok_runtime.framing import padded_length, token_columns
+                        from meltok_runtime.lengths import padded_length, token_columns
 
                         columns = token_columns(padded_length(int(round(seconds * SAMPLE_RATE)), hop, compression),
                                                 hop, compression)

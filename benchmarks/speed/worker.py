@@ -45,7 +45,7 @@ def _torch_runner(spec: dict):
 
     from meltok import MelTok
     from meltok.modelfile import weights_hash
-    from meltok_runtime.framing import padded_length, token_columns
+    from meltok_runtime.lengths import padded_length, token_columns
     from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, count_windows
 
     backend = BACKENDS[spec["backend"]]
@@ -142,7 +142,7 @@ def _runtime_runner(spec: dict):
     """The same for a ``meltok_runtime`` backend (no torch imported)."""
     from meltok_runtime import Codec
     from meltok_runtime.backends import BACKENDS as RUNTIME_BACKENDS
-    from meltok_runtime.framing import padded_length
+    from meltok_runtime.lengths import padded_length
     from meltok_runtime.manifest import load_manifest
 
     backend = BACKENDS[spec["backend"]]

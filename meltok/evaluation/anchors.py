@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 
 from ..errors import AnchorError
 from ..metrics import SAMPLE_RATE
@@ -89,7 +89,7 @@ def tool_coder(codec: ToolCodec, delays: list) -> Coder:
     """The coder of a classic codec; each clip's measured delay is appended to ``delays``."""
     import soundfile as sf
 
-    from meltok_runtime.audio import load_audio, mixdown, prepare_audio
+    from meltok_runtime.io.audio import load_audio, mixdown, prepare_audio
 
     def code(reference: np.ndarray) -> Coded:
         with tempfile.TemporaryDirectory(prefix="meltok-anchor-") as folder:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.optional import import_optional
 
 from .. import metrics

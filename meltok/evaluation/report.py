@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 
 from .. import metrics
 

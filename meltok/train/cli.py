@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from meltok_runtime.cli_support import CommandGroup, user_errors
+from meltok_runtime.cli.shared import CommandGroup, user_errors
 
 from .config import CPU_DEFAULTS, TrainConfig, apply_overrides, parse_override
 

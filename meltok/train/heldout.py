@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 
 from ..errors import CorpusError
 from .corpus import SAMPLE_RATE, read_manifest

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from meltok_runtime.atomic import atomic_directory
+from meltok_runtime.io.atomic import atomic_directory
 from meltok_runtime.errors import ModelFileError
 from meltok_runtime.manifest import file_sha256
 

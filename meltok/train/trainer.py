@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.errors import MeltokError
 
 from ..codec import MelTok

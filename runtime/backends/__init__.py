@@ -6,10 +6,10 @@ a backend is checked or opened, so this package imports with numpy alone.
 """
 from __future__ import annotations
 
-from ..errors import BackendError
-from .base import Backend
-from .ort import OrtCpuBackend, OrtCudaBackend
-from .trt import TrtBackend
+from meltok_runtime.errors import BackendError
+from meltok_runtime.backends.base import Backend
+from meltok_runtime.backends.ort import OrtCpuBackend, OrtCudaBackend
+from meltok_runtime.backends.trt import TrtBackend
 
 BACKENDS = {"trt": TrtBackend, "ort-cuda": OrtCudaBackend, "ort-cpu": OrtCpuBackend}
 AUTO_ORDER = ("trt", "ort-cuda", "ort-cpu")
@@ -25,7 +25,7 @@ def backend_class(name: str) -> type:
 
 def availability(bundle, manifest) -> dict:
     """``{backend name: None if it can run this bundle here, else the reason it cannot}``."""
-    from ..errors import MeltokError
+    from meltok_runtime.errors import MeltokError
 
     report = {}
     for name in AUTO_ORDER:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, InputSpecError
-from ..manifest import Manifest, TensorSpec
+from meltok_runtime.errors import BackendError, InputSpecError
+from meltok_runtime.manifest import Manifest, TensorSpec
 
 
 class Backend(abc.ABC):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ctypes
 import sys
 
-from ..errors import BackendError
-from ..optional import import_optional
+from meltok_runtime.errors import BackendError
+from meltok_runtime.optional import import_optional
 
 CUDA_INSTALL = "pip install -e '.[trt]' (cuda-python comes with it)"
 NO_DEVICE = ("cudaErrorNoDevice", "CUDA_ERROR_NO_DEVICE")

@@ -12,10 +12,10 @@ import os
 import sys
 import threading
 
-from ..errors import BackendError, BundleError
-from ..optional import import_optional
-from .base import Backend
-from .cuda import driver_device_count
+from meltok_runtime.errors import BackendError, BundleError
+from meltok_runtime.optional import import_optional
+from meltok_runtime.backends.base import Backend
+from meltok_runtime.backends.cuda import driver_device_count
 
 CPU_INSTALL = "pip install -e '.[cpu]'"
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install -e '.[gpu]'"

@@ -23,11 +23,11 @@ import logging
 
 import numpy as np
 
-from ..errors import BackendError, BundleError, EngineMismatchError, InputSpecError, MissingDependencyError
-from ..manifest import GRAPH_NAMES, EngineEntry, Manifest
-from ..optional import import_optional
-from .base import Backend
-from .cuda import cuda_call, device_properties, import_cudart
+from meltok_runtime.errors import BackendError, BundleError, EngineMismatchError, InputSpecError, MissingDependencyError
+from meltok_runtime.manifest import GRAPH_NAMES, EngineEntry, Manifest
+from meltok_runtime.optional import import_optional
+from meltok_runtime.backends.base import Backend
+from meltok_runtime.backends.cuda import cuda_call, device_properties, import_cudart
 
 log = logging.getLogger("meltok_runtime")
 

@@ -14,7 +14,7 @@ import torch
 from meltok_export.contract import FP16_TOKEN_FLOOR, verify_audio
 from meltok_export.verify import verify_graphs
 from meltok_runtime.manifest import load_manifest
-from meltok_runtime.framing import decoded_length, padded_length, token_columns
+from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 
 
 def _sessions(folder):

@@ -20,7 +20,7 @@ from meltok import MelTok
 from meltok.default_model import DEFAULT_MODEL
 from meltok_export.onnx_export import precision_variant
 from meltok_export.contract import FP16_TOKEN_FLOOR
-from meltok_runtime.framing import padded_length
+from meltok_runtime.lengths import padded_length
 
 from ..runtime.conftest import DATA
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from meltok import MelTok
 from meltok.cli import main
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.io.tokenfile import read_tokens
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from meltok import MelTok
 from meltok.cli import main
 from meltok.train.corpus.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.io.tokenfile import read_tokens
 
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "runtime" / "models" / "default"
 
@@ -113,7 +113,7 @@ def test_data_clips_refuses_the_corpus_and_a_non_empty_folder(tmp_path):
 
 
 def test_encode_accepts_an_export_bundle_as_model(tmp_path, real_clip_paths):
-    from meltok_runtime.cli import main as runtime_main
+    from meltok_runtime.cli.main import main as runtime_main
 
     result = run("encode", real_clip_paths["speech"], "-m", SHIPPED_BUNDLE, "-o", tmp_path / "s.mtok")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from meltok_runtime import read_tokens
-from meltok_runtime.pcm_stream import to_s16
+from meltok_runtime.io.pcm import to_s16
 
 MELTOK = Path(sys.executable).with_name("meltok")
 

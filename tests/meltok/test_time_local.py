@@ -13,7 +13,7 @@ from meltok import MelTok
 from meltok.config import TokenizerConfig, resolve_config
 from meltok.receptive_field import decoder_influence, encoder_dependency, stream_contract
 from meltok.tokenizer import AttnBlock, ColumnGroupNorm
-from meltok_runtime.framing import padded_length
+from meltok_runtime.lengths import padded_length
 from tests.runtime.test_streaming import run_decoder, run_encoder
 
 COLUMN = 2048

@@ -9,7 +9,7 @@ import torch
 from meltok import MelTok
 from meltok.config import MelTokConfig, TokenizerConfig, VocoderConfig
 from meltok_runtime.errors import ModelFileError
-from meltok_runtime.framing import decoded_length, token_columns
+from meltok_runtime.lengths import decoded_length, token_columns
 
 from .official_format import write_official_checkpoints
 

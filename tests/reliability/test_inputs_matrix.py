@@ -23,9 +23,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from meltok.cli import main as torch_cli
-from meltok_runtime.audio import mixdown
-from meltok_runtime.cli import main as runtime_cli
-from meltok_runtime.tokenfile import read_tokens, write_tokens
+from meltok_runtime.io.audio import mixdown
+from meltok_runtime.cli.main import main as runtime_cli
+from meltok_runtime.io.tokenfile import read_tokens, write_tokens
 
 from . import tiny_assets
 
@@ -71,7 +71,7 @@ def run(cli: str, tiny, command: str, *args, model=None):
 
 def run_command(cli: str, tiny, command: str, *args):
     """The same as a real command line: a new process, its own stderr."""
-    module = "meltok.cli" if cli == "meltok" else "meltok_runtime.cli"
+    module = "meltok.cli" if cli == "meltok" else "meltok_runtime.cli.main"
     script = f"import sys; from {module} import main; sys.argv[0] = {cli!r}; main()"
     return subprocess.run([sys.executable, "-c", script, command, *map(str, args), *_model_args(cli, tiny)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -115,7 +115,7 @@ def test_every_file_format_is_encoded(cli, name, tiny, music, tmp_path):
 @pytest.mark.parametrize("rate", [22050, 96000])
 def test_other_rates_are_resampled_with_a_warning_on_stderr(rate, tiny, music, tmp_path):
     """The real ``meltok-rt`` command: its stderr holds the warning, the token file the resampled length."""
-    from meltok_runtime.audio import prepare_audio
+    from meltok_runtime.io.audio import prepare_audio
 
     source, tokens_path = tmp_path / f"music{rate}.wav", tmp_path / "music.mtok"
     sf.write(source, prepare_audio(music, RATE, rate)[0][0], rate, subtype="FLOAT")
@@ -128,7 +128,7 @@ def test_other_rates_are_resampled_with_a_warning_on_stderr(rate, tiny, music, t
 
 @pytest.mark.parametrize("rate", [22050, 96000])
 def test_other_rates_are_resampled_by_meltok_too(rate, tiny, music, tmp_path, caplog):
-    from meltok_runtime.audio import prepare_audio
+    from meltok_runtime.io.audio import prepare_audio
 
     source = tmp_path / f"music{rate}.wav"
     sf.write(source, prepare_audio(music, RATE, rate)[0][0], rate, subtype="FLOAT")

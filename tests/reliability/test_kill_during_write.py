@@ -111,7 +111,7 @@ def tree_digest(folder: Path) -> dict:
 TOKENS_SCRIPT = """
 import sys
 import numpy as np
-from meltok_runtime.tokenfile import write_tokens
+from meltok_runtime.io.tokenfile import write_tokens
 dest, seed, columns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tokens = np.random.default_rng(seed).integers(0, 8192, (1, 12, columns))
 write_tokens(dest, tokens, sample_rate=44100, num_samples=columns * 2048, model_id=f"test:{seed}")
@@ -127,7 +127,7 @@ MelTok.from_config("tiny").save(sys.argv[1])
 AUDIO_SCRIPT = """
 import sys
 import numpy as np
-from meltok_runtime.audio import write_audio
+from meltok_runtime.io.audio import write_audio
 seed, samples = int(sys.argv[2]), int(sys.argv[3])
 write_audio(sys.argv[1], np.random.default_rng(seed).uniform(-0.5, 0.5, (2, samples)).astype(np.float32), 44100)
 """
@@ -170,7 +170,7 @@ def _single_file_battery(tmp_path, script, name, old_args, new_args, *, seed, in
 
 
 def test_token_file_killed_midway(tmp_path):
-    from meltok_runtime.tokenfile import read_tokens
+    from meltok_runtime.io.tokenfile import read_tokens
 
     outcomes = _single_file_battery(tmp_path, TOKENS_SCRIPT, "big.mtok", [0, 300_000], [1, 300_000], seed=1)
     assert read_tokens(tmp_path / "big.mtok").model_id == "test:0"  # reset to the old file: still readable
@@ -301,7 +301,7 @@ def test_export_bundle_killed_midway(tmp_path, tiny):
 FOLDER_SWAP_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from meltok_runtime.atomic import atomic_directory
+from meltok_runtime.io.atomic import atomic_directory
 dest = Path(sys.argv[1])
 real_replace = os.replace
 
@@ -331,7 +331,7 @@ def test_replacing_a_folder_never_leaves_it_missing(tmp_path):
 
 def test_folders_get_the_permissions_of_a_plain_mkdir(tmp_path):
     """mkdtemp makes 0700 folders; a bundle or checkpoint must be readable like any other folder."""
-    from meltok_runtime.atomic import atomic_directory
+    from meltok_runtime.io.atomic import atomic_directory
 
     umask = os.umask(0o022)
     try:
@@ -347,7 +347,7 @@ def test_folders_get_the_permissions_of_a_plain_mkdir(tmp_path):
 
 def test_outputs_never_touch_the_process_umask(tmp_path, monkeypatch):
     """Other threads create files meanwhile: reading the umask with os.umask would change it for them."""
-    from meltok_runtime.atomic import atomic_directory, atomic_output
+    from meltok_runtime.io.atomic import atomic_directory, atomic_output
 
     umask = os.umask(0o027)
     os.umask(umask)  # read once here, before os.umask is made to refuse

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from meltok import MelTok
 from meltok.cli import main as torch_cli
-from meltok_runtime.cli import main as runtime_cli
+from meltok_runtime.cli.main import main as runtime_cli
 from meltok_runtime.errors import BundleError, ModelFileError
 
 from ..meltok.official_format import write_official_checkpoints

@@ -141,7 +141,7 @@ def small_window_codec(tiny_bundle):
 @pytest.fixture(scope="session")
 def long_music() -> np.ndarray:
     """Real music, mono float32 at 44.1 kHz: ``tests/data/long_music.ogg`` (40 s)."""
-    from meltok_runtime.audio import load_audio, prepare_audio
+    from meltok_runtime.io.audio import load_audio, prepare_audio
 
     if not LONG_MUSIC.is_file():
         pytest.skip(f"{LONG_MUSIC} is missing")

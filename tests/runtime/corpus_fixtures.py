@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from meltok_runtime.cli import main
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.cli.main import main
+from meltok_runtime.io.tokenfile import read_tokens
 
 from .conftest import DATA
 

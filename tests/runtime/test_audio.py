@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from meltok_runtime.audio import load_audio, mixdown, prepare_audio, write_audio
+from meltok_runtime.io.audio import load_audio, mixdown, prepare_audio, write_audio
 from meltok_runtime.errors import AudioInputError, OutputPathError
 
 RATE = 44100

@@ -7,9 +7,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from meltok_runtime import codec as codec_module
-from meltok_runtime.audio import load_audio, prepare_audio
-from meltok_runtime.cli import main
-from meltok_runtime.tokenfile import read_tokens, write_tokens
+from meltok_runtime.io.audio import load_audio, prepare_audio
+from meltok_runtime.cli.main import main
+from meltok_runtime.io.tokenfile import read_tokens, write_tokens
 
 from .conftest import DATA
 
@@ -207,7 +207,8 @@ def test_outputs_never_replace_inputs_or_existing_files(run, cli, precious, tmp_
 def test_unwritable_folder_is_found_before_the_work(run, cli, precious, tmp_path, monkeypatch):
     import errno
 
-    from meltok_runtime import atomic, pipeline
+    from meltok_runtime import pipeline
+    from meltok_runtime.io import atomic
 
     main_cli, model = cli
     calls = []
@@ -225,7 +226,8 @@ def test_unwritable_folder_is_found_before_the_work(run, cli, precious, tmp_path
 def test_full_destination_is_found_before_the_work(run, cli, precious, tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from meltok_runtime import atomic, pipeline
+    from meltok_runtime import pipeline
+    from meltok_runtime.io import atomic
 
     main_cli, model = cli
     assert run("encode", precious[0], *model, "-o", tmp_path / "t.mtok", cli=main_cli).exit_code == 0

@@ -5,8 +5,8 @@ import os
 from click.testing import CliRunner
 
 from meltok_runtime import codec as codec_module
-from meltok_runtime.cli import main
-from meltok_runtime.tokenfile import read_tokens
+from meltok_runtime.cli.main import main
+from meltok_runtime.io.tokenfile import read_tokens
 
 from .conftest import DATA
 

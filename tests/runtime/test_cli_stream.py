@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from meltok_runtime import Codec, read_tokens
-from meltok_runtime.pcm_stream import to_s16
+from meltok_runtime.io.pcm import to_s16
 
 MELTOK_RT = Path(sys.executable).with_name("meltok-rt")
 RATE = 44100

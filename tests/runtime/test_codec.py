@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from meltok_runtime import Codec
-from meltok_runtime.audio import load_audio
+from meltok_runtime.io.audio import load_audio
 from meltok_runtime.errors import AudioInputError, CodeRangeError, ModelMismatchError, TokenInputError
-from meltok_runtime.framing import decoded_length, padded_length, token_columns
+from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.manifest import load_manifest
 
 from .conftest import DATA

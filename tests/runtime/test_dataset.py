@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from meltok_runtime.audio import load_audio
+from meltok_runtime.io.audio import load_audio
 from meltok_runtime.dataset import DatasetError, open_dataset
-from meltok_runtime.dataset_writer import DatasetWriter
+from meltok_runtime.dataset.writer import DatasetWriter
 from meltok_runtime.errors import ModelMismatchError
 
 from .conftest import DATA
@@ -140,7 +140,7 @@ def test_another_model_and_foreign_folders_are_refused(local_dataset, tmp_path, 
 
 
 def test_writer_reopening_drops_uncommitted_shards_and_a_torn_journal_line(tmp_path):
-    from meltok_runtime.corpus_encode import dataset_identity
+    from meltok_runtime.dataset.items import dataset_identity
 
     identity = dataset_identity(None)
     row = {"source": "x.wav", "tokens": np.ones((12, 3), np.uint16), "num_samples": 5000, "sample_rate": 44100,
@@ -179,7 +179,7 @@ def test_detokenize_decodes_like_meltok_rt_decode_and_resumes(local_dataset, enc
     assert "wrote 2 files" in result.stdout
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == ["clips/music48k.wav", "clips/speech.wav"]
     token_path = tmp_path / "speech.mtok"
-    from meltok_runtime.tokenfile import write_tokens
+    from meltok_runtime.io.tokenfile import write_tokens
     token_file = encoded["clips/speech.flac"]
     write_tokens(token_path, token_file.tokens, sample_rate=44100, num_samples=token_file.num_samples,
                  model_id=token_file.model_id, codebook_size=token_file.codebook_size)
@@ -200,7 +200,7 @@ def test_detokenize_decodes_like_meltok_rt_decode_and_resumes(local_dataset, enc
 def test_detokenize_reads_generated_tokens_in_the_schema_without_dataset_json(tmp_path):
     import pyarrow as pa
 
-    from meltok_runtime.dataset import tokens_to_arrow
+    from meltok_runtime.dataset.reader import tokens_to_arrow
 
     rng = np.random.default_rng(0)
     generated = [rng.integers(0, 8192, (12, columns)).astype(np.uint16) for columns in (10, 25)]
@@ -215,7 +215,7 @@ def test_detokenize_reads_generated_tokens_in_the_schema_without_dataset_json(tm
 
 
 def test_progress_reports_items_hours_and_speed(clips, tmp_path):
-    from meltok_runtime.corpus_job import tokenize
+    from meltok_runtime.dataset.job import tokenize
 
     seen = []
     summary = tokenize([clips / "speech.flac", clips / "effects.flac"], tmp_path / "ds", backend="ort-cpu",

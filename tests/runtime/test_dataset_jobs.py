@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from meltok_runtime.audio import load_audio, prepare_audio
+from meltok_runtime.io.audio import load_audio, prepare_audio
 from meltok_runtime.dataset import open_dataset
 
 from .conftest import DATA
@@ -21,7 +21,7 @@ from .test_imports import run_python
 
 pytest.importorskip("pyarrow")
 
-CLI = [sys.executable, "-c", "from meltok_runtime.cli import main; main()"]
+CLI = [sys.executable, "-c", "from meltok_runtime.cli.main import main; main()"]
 
 
 def test_two_worker_processes_give_the_same_tokens(clips, encoded, tmp_path):
@@ -31,8 +31,9 @@ def test_two_worker_processes_give_the_same_tokens(clips, encoded, tmp_path):
 
 
 def test_items_of_one_length_are_encoded_as_one_batch_with_unchanged_tokens(tmp_path, monkeypatch):
-    from meltok_runtime import Codec, corpus_local
-    from meltok_runtime.corpus_job import tokenize
+    from meltok_runtime import Codec
+    from meltok_runtime.dataset import local_job as corpus_local
+    from meltok_runtime.dataset.job import tokenize
 
     audio, rate = load_audio(DATA / "music.flac")
     folder = tmp_path / "cuts"
@@ -94,7 +95,7 @@ def test_sigkill_in_the_middle_then_the_same_command_finishes_the_job(many_clips
                                 str(many_clips / "music.flac-3.flac"), "-o", str(tmp_path / "x.mtok"),
                                 "--backend", "ort-cpu"], capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr
-    from meltok_runtime.tokenfile import read_tokens
+    from meltok_runtime.io.tokenfile import read_tokens
     assert np.array_equal(open_dataset(output).get("many/music.flac-3.flac").tokens,
                           read_tokens(tmp_path / "x.mtok").tokens[0])
 
@@ -110,7 +111,7 @@ def local_ray():
 
 
 def test_ray_job_equals_local_mode_and_resumes_a_local_dataset(local_ray, clips, encoded, local_dataset, tmp_path):
-    from meltok_runtime.corpus_job import tokenize
+    from meltok_runtime.dataset.job import tokenize
 
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -131,8 +132,8 @@ def test_ray_job_equals_local_mode_and_resumes_a_local_dataset(local_ray, clips,
 
 def test_modules_import_without_pyarrow_and_ray_and_say_how_to_install(clips, tmp_path):
     result = run_python("""
-        import meltok_runtime.corpus_job, meltok_runtime.corpus_ray, meltok_runtime.corpus_decode
-        from meltok_runtime.cli import main
+        import meltok_runtime.dataset.job, meltok_runtime.dataset.ray_job, meltok_runtime.dataset.decode
+        from meltok_runtime.cli.main import main
         sys.argv = ["meltok-rt", "tokenize", sys.argv[1], "-o", sys.argv[2]]
         main()
     """, clips, tmp_path / "ds", blocked=("torch", "pyarrow", "ray"))
@@ -143,7 +144,7 @@ def test_modules_import_without_pyarrow_and_ray_and_say_how_to_install(clips, tm
 @pytest.mark.parametrize("args, expected", [((), None), (("--ray",), "local"), (("--ray=auto",), "auto"),
                                             (("--ray", "ray://head:10001"), "ray://head:10001")])
 def test_ray_option_takes_an_optional_address(args, expected, clips, tmp_path, monkeypatch):
-    from meltok_runtime import corpus_job
+    from meltok_runtime.dataset import job as corpus_job
 
     calls = []
     summary = {"counts": {"items": 0, "failed": 0, "shards": 0}, "hours": 0.0}

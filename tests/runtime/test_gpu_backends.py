@@ -16,7 +16,7 @@ from meltok_runtime.backends import OrtCpuBackend, OrtCudaBackend, TrtBackend
 from meltok_runtime.backends import cuda as cuda_module
 from meltok_runtime.backends import ort as ort_module
 from meltok_runtime.errors import BackendError, EngineMismatchError, InputSpecError, MissingDependencyError
-from meltok_runtime.framing import padded_length, token_columns
+from meltok_runtime.lengths import padded_length, token_columns
 from meltok_runtime.manifest import EngineEntry, load_manifest
 
 from .gpu_fakes import FakeCudaError, FakeCudart, FakeDriver, FakeOrtModule, engine_bytes, fake_tensorrt
@@ -289,7 +289,7 @@ def test_provider_chatter_on_stdout_does_not_reach_info_json(ort_gpu, tiny_bundl
 
     from click.testing import CliRunner
 
-    from meltok_runtime.cli import main
+    from meltok_runtime.cli.main import main
 
     from .gpu_fakes import FakeOrtSession
 

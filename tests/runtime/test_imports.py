@@ -52,7 +52,7 @@ def test_encode_and_decode_with_torch_blocked(tiny_bundle):
 
 
 def test_command_line_with_torch_blocked(tiny_bundle, tmp_path):
-    cli = "from meltok_runtime.cli import main\nsys.argv[0] = 'meltok-rt'\nmain()\n"
+    cli = "from meltok_runtime.cli.main import main\nsys.argv[0] = 'meltok-rt'\nmain()\n"
     encoded = run_python(cli, "encode", DATA / "music48k.flac", "-b", tiny_bundle, "-o", tmp_path / "x.mtok")
     assert encoded.returncode == 0, encoded.stderr
     assert "resampling" in encoded.stderr and "48000 Hz to 44100 Hz" in encoded.stderr  # warnings on stderr
@@ -83,7 +83,7 @@ def test_every_module_imports_without_optional_dependencies(tiny_bundle):
 
 def test_package_import_is_light():
     result = run_python("""
-        import meltok_runtime, meltok_runtime.cli
+        import meltok_runtime, meltok_runtime.cli.main
         heavy = [name for name in ("onnxruntime", "soundfile", "soxr", "meltok_runtime.codec") if name in sys.modules]
         assert not heavy, heavy
         assert meltok_runtime.Codec.__name__ == "Codec"

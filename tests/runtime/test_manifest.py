@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from meltok_runtime import Codec, manifest as manifest_module
 from meltok_runtime.backends import ort
-from meltok_runtime.cli import main
+from meltok_runtime.cli.main import main
 from meltok_runtime.errors import BundleError
 
 

@@ -93,7 +93,7 @@ def test_window_rejects_empty_length():
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, meltok_runtime.melfilters, meltok_runtime.tokenfile, meltok_runtime.audio; "
+    code = ("import sys, meltok_runtime.melfilters, meltok_runtime.io.tokenfile, meltok_runtime.io.audio; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'meltok', 'meltok_export')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ import soundfile as sf
 from meltok_runtime import Codec
 from meltok_runtime.errors import (AudioInputError, CodeRangeError, ModelMismatchError, SettingsError,
                                    TokenInputError)
-from meltok_runtime.framing import decoded_length
+from meltok_runtime.lengths import decoded_length
 from meltok_runtime.pipeline import AudioCodec, CodecPipeline
 
 from .conftest import DATA

@@ -1,4 +1,4 @@
-"""Streams (meltok_runtime.streaming): exact for time-local models, same length as offline for any push
+"""Streams (meltok_runtime.stream): exact for time-local models, same length as offline for any push
 schedule, bounded state over ten minutes, typed errors that leave the stream usable, many streams on
 one Codec from threads, and no click at the joins of the shipped (reference) model on real music.
 
@@ -14,8 +14,8 @@ import pytest
 from meltok_runtime import Codec
 from meltok_runtime.errors import (AudioInputError, CodeRangeError, ModelMismatchError, StreamClosedError,
                                    TokenInputError)
-from meltok_runtime.framing import decoded_length, padded_length, token_columns
-from meltok_runtime.streaming import StreamDecoder, StreamEncoder, StreamSpec
+from meltok_runtime.lengths import decoded_length, padded_length, token_columns
+from meltok_runtime.stream import StreamDecoder, StreamEncoder, StreamSpec
 
 RATE, HOP, COMPRESSION, ROWS, CODES = 44100, 256, 8, 12, 8192
 COLUMN = HOP * COMPRESSION

@@ -17,7 +17,7 @@ STRESS_SCRIPT = """
 import json, sys
 import numpy as np
 from meltok_runtime import Codec
-from meltok_runtime.audio import load_audio, prepare_audio
+from meltok_runtime.io.audio import load_audio, prepare_audio
 from tests.runtime.test_codec import mixed_requests, run_concurrently, serve
 
 def rss_mb():
@@ -61,7 +61,7 @@ LONG_INPUT_SCRIPT = """
 import json, sys, time
 import numpy as np
 from meltok_runtime import Codec
-from meltok_runtime.audio import load_audio, prepare_audio
+from meltok_runtime.io.audio import load_audio, prepare_audio
 from meltok_runtime.windowing import plan_windows
 
 def peak_mb():  # VmHWM belongs to this address space (ru_maxrss would include the forking parent's)

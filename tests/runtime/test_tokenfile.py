@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from meltok_runtime.errors import (BadMagicError, CodeRangeError, MeltokError, OutputPathError, TokenFileError,
                                    TruncatedError, UnsupportedVersionError)
-from meltok_runtime.tokenfile import (FORMAT_VERSION, MAGIC, TokenFile, pack_codes, read_tokens, tokens_from_bytes,
+from meltok_runtime.io.tokenfile import (FORMAT_VERSION, MAGIC, TokenFile, pack_codes, read_tokens, tokens_from_bytes,
                                       tokens_to_bytes, unpack_codes, write_tokens)
 
 META = dict(sample_rate=44100, model_id="meltok-paper@0123abcd")

@@ -3,7 +3,7 @@ agreement with whole-input processing on real music (figures printed with ``-s``
 import numpy as np
 import pytest
 
-from meltok_runtime.framing import decoded_length, padded_length, token_columns
+from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, decode_windowed,
                                       encode_windowed, plan_windows, raised_cosine)
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from meltok_runtime.atomic import atomic_output
+from meltok_runtime.io.atomic import atomic_output
 
 from ...errors import CorpusError
 from .bandwidth import MIN_ABOVE_11K_DB, MIN_BANDWIDTH_HZ, SILENCE_RMS_DB, is_band_limited

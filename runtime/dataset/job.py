@@ -1,6 +1,6 @@
 """``tokenize``: sources -> items -> a dataset folder, on local workers or on Ray; and the progress bar.
 
->>> from meltok_runtime.corpus_job import tokenize
+>>> from meltok_runtime.dataset.job import tokenize
 >>> summary = tokenize(["music/", "list.csv"], "dataset/", workers=2)          # local processes
 >>> summary = tokenize(["music/"], "dataset/", ray_address="auto", workers=8)   # an existing Ray cluster
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from .corpus_encode import dataset_identity
-from .corpus_sources import collect_items
-from .dataset import COLUMNS
-from .dataset_writer import DatasetWriter
+from meltok_runtime.dataset.items import dataset_identity
+from meltok_runtime.dataset.sources import collect_items
+from meltok_runtime.dataset.reader import COLUMNS
+from meltok_runtime.dataset.writer import DatasetWriter
 
 
 def tokenize(sources, output, *, bundle=None, backend: str = "auto", workers: int = 1, threads: int | None = None,
@@ -30,10 +30,10 @@ def tokenize(sources, output, *, bundle=None, backend: str = "auto", workers: in
     options = {"bundle": bundle, "backend": backend, "workers": workers, "threads": threads, "batch": batch,
                "progress": progress}
     if ray_address is None:
-        from .corpus_local import tokenize_local
+        from meltok_runtime.dataset.local_job import tokenize_local
 
         return tokenize_local(items, writer, **options)
-    from .corpus_ray import tokenize_ray
+    from meltok_runtime.dataset.ray_job import tokenize_ray
 
     return tokenize_ray(items, writer, address=ray_address, actors_per_gpu=actors_per_gpu, **options)
 

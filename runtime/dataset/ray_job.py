@@ -16,11 +16,11 @@ import logging
 
 import numpy as np
 
-from .corpus_encode import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
-from .corpus_local import worker_threads
-from .corpus_sources import Item
-from .errors import MeltokError, ModelMismatchError
-from .optional import import_optional
+from meltok_runtime.dataset.items import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
+from meltok_runtime.dataset.local_job import worker_threads
+from meltok_runtime.dataset.sources import Item
+from meltok_runtime.errors import MeltokError, ModelMismatchError
+from meltok_runtime.optional import import_optional
 
 GPU_BACKENDS = ("ort-cuda", "trt")
 
@@ -45,7 +45,7 @@ class EncodeStage:
     """Ray actor: holds one Codec; a batch of read rows -> tokens (bytes), items of equal length encoded together."""
 
     def __init__(self, bundle, backend: str, threads: int | None, model_id: str):
-        from .codec import Codec
+        from meltok_runtime.codec import Codec
 
         self.codec = Codec.open(bundle, backend=backend, threads=threads)
         if self.codec.model_id != model_id:  # e.g. another meltok version's default bundle on a worker node
@@ -82,8 +82,8 @@ def tokenize_ray(items, writer, *, address: str = "local", bundle=None, backend:
     """Tokenize the ``items`` not yet done in ``writer``'s dataset with Ray Data; returns the dataset summary."""
     ray = import_optional("ray", install=INSTALL, purpose="the Ray tokenize job")
     import_optional("ray.data", install=INSTALL, purpose="the Ray tokenize job")
-    from .codec import default_bundle
-    from .manifest import load_manifest
+    from meltok_runtime.codec import default_bundle
+    from meltok_runtime.manifest import load_manifest
 
     manifest = load_manifest(default_bundle() if bundle is None else bundle)
     threads = worker_threads(workers, threads)

@@ -9,8 +9,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .atomic import atomic_output
-from .errors import AudioInputError, OutputPathError, SettingsError
+from meltok_runtime.io.atomic import atomic_output
+from meltok_runtime.errors import AudioInputError, OutputPathError, SettingsError
 
 # Output container and sample format by file suffix. WAV keeps float32 so nothing clips.
 OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from .backends import BACKEND_CHOICES
-from .cli_support import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
+from meltok_runtime.backends import BACKEND_CHOICES
+from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
                           force_option, original_rate_option, progress_bar, setup_logging, stdin_options,
                           stream_options, subtype_option, user_errors, verbose_option, version_option)
 
@@ -33,7 +33,7 @@ def _usable_cores() -> int:
 
 
 def _open_codec(bundle, backend, threads):
-    from .codec import Codec
+    from meltok_runtime.codec import Codec
 
     cores = _usable_cores()
     if threads is not None and threads > cores:  # oversubscribed threads run many times slower
@@ -104,11 +104,11 @@ def decode(tokens, bundle, output, backend, threads, original_rate, subtype, for
 @user_errors
 def info(path, backend, threads):
     """Describe a token file, or a bundle (default: the shipped one) and the backends that can run it here."""
-    from .backends import availability
-    from .codec import default_bundle
-    from .errors import MeltokError
-    from .manifest import load_manifest
-    from .tokenfile import read_tokens
+    from meltok_runtime.backends import availability
+    from meltok_runtime.codec import default_bundle
+    from meltok_runtime.errors import MeltokError
+    from meltok_runtime.manifest import load_manifest
+    from meltok_runtime.io.tokenfile import read_tokens
 
     if path is not None and Path(path).is_file():
         click.echo(json.dumps(read_tokens(path).describe(), indent=2))
@@ -155,7 +155,7 @@ def info(path, backend, threads):
 @user_errors
 def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
     """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
-    from .corpus_job import progress_bar, tokenize as run
+    from meltok_runtime.dataset.job import progress_bar, tokenize as run
 
     try:
         with progress_bar("tokenizing") as progress:
@@ -183,8 +183,8 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray
 @user_errors
 def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
     """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
-    from .corpus_decode import detokenize as run
-    from .corpus_job import progress_bar
+    from meltok_runtime.dataset.decode import detokenize as run
+    from meltok_runtime.dataset.job import progress_bar
 
     with progress_bar("decoding", by_bytes=False) as progress:
         summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,

@@ -14,7 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from .errors import OutputPathError
+from meltok_runtime.errors import OutputPathError
 
 # Room kept free on an output's file system beyond the output itself, so a full disk is refused up front.
 MIN_FREE_BYTES = 1 << 20

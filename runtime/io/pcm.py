@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .errors import AudioInputError
+from meltok_runtime.errors import AudioInputError
 
 OUTPUT_FORMATS = ("wav", "s16le", "f32le")
 INPUT_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}

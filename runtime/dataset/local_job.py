@@ -16,8 +16,8 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from .corpus_encode import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
-from .errors import MeltokError
+from meltok_runtime.dataset.items import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
+from meltok_runtime.errors import MeltokError
 
 MAX_READY_SAMPLES = 30 * 60 * 44100  # decoded audio waiting for an encoder: at most ~30 min (~320 MB)
 
@@ -40,7 +40,7 @@ def tokenize_local(items, writer, *, bundle=None, backend: str = "auto", workers
     ``batch``: at most this many items of one exact length go into one encoder call.
     ``progress(JobProgress)`` is called after every item.
     """
-    from .codec import Codec
+    from meltok_runtime.codec import Codec
 
     global _CODEC
     pending = [item for item in items if item.id not in writer.done]
@@ -68,7 +68,7 @@ def tokenize_local(items, writer, *, bundle=None, backend: str = "auto", workers
 
 
 def _open_worker(bundle, backend, threads):
-    from .codec import Codec
+    from meltok_runtime.codec import Codec
 
     global _CODEC
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process

@@ -16,11 +16,11 @@ import os
 import re
 from pathlib import Path
 
-from .atomic import atomic_output
-from .dataset import (FORMAT, FORMAT_VERSION, INFO_NAME, JOURNAL_NAME, SHARD_FOLDER, DatasetError, arrow_schema,
+from meltok_runtime.io.atomic import atomic_output
+from meltok_runtime.dataset.reader import (FORMAT, FORMAT_VERSION, INFO_NAME, JOURNAL_NAME, SHARD_FOLDER, DatasetError, arrow_schema,
                       pyarrow_modules, read_info, token_dtype, tokens_to_arrow)
-from .errors import ModelMismatchError, OutputPathError
-from .manifest import file_sha256
+from meltok_runtime.errors import ModelMismatchError, OutputPathError
+from meltok_runtime.manifest import file_sha256
 
 log = logging.getLogger("meltok_runtime")
 

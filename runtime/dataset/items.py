@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import MANIFEST_NAME, file_sha256, load_manifest
-from .windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
+from meltok_runtime.manifest import MANIFEST_NAME, file_sha256, load_manifest
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 
 class ItemError(Exception):
@@ -36,8 +36,8 @@ class LoadedItem:
 
 def dataset_identity(bundle) -> dict:
     """What a dataset records about the model making its tokens; a resume must match it."""
-    from .codec import default_bundle
-    from .dataset import token_dtype
+    from meltok_runtime.codec import default_bundle
+    from meltok_runtime.dataset.reader import token_dtype
 
     bundle = default_bundle() if bundle is None else Path(bundle)
     manifest = load_manifest(bundle)
@@ -57,8 +57,8 @@ def load_item(item, sample_rate: int, min_samples: int, hop_length: int) -> Load
     The same steps as ``meltok-rt encode`` (``load_audio``, then ``prepare_audio`` as
     ``CodecPipeline.prepare`` calls it), done without a codec so that they can run apart from it.
     """
-    from .audio import load_audio, prepare_audio
-    from .errors import MeltokError
+    from meltok_runtime.io.audio import load_audio, prepare_audio
+    from meltok_runtime.errors import MeltokError
 
     try:
         samples, rate = load_audio(item.path)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .corpus_encode import JobProgress
-from .corpus_sources import AUDIO_SUFFIXES, Item
-from .dataset import DatasetError, open_dataset
-from .errors import MeltokError, ModelMismatchError, OutputPathError
+from meltok_runtime.dataset.items import JobProgress
+from meltok_runtime.dataset.sources import AUDIO_SUFFIXES, Item
+from meltok_runtime.dataset import DatasetError, open_dataset
+from meltok_runtime.errors import MeltokError, ModelMismatchError, OutputPathError
 
 OUTPUT_SUFFIXES = (".wav", ".flac")
 
@@ -28,8 +28,8 @@ def output_name(item_id: str, suffix: str = ".wav") -> PurePosixPath:
 def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", threads: int | None = None, ids=None,
                force: bool = False, suffix: str = ".wav", progress=None) -> dict:
     """Decode the items (all, or ``ids``) of a dataset into ``output``; returns counts and failures."""
-    from .audio import write_audio
-    from .codec import Codec
+    from meltok_runtime.io.audio import write_audio
+    from meltok_runtime.codec import Codec
 
     if suffix not in OUTPUT_SUFFIXES:
         raise OutputPathError(f"audio suffix {suffix!r} is not supported here; use one of {OUTPUT_SUFFIXES}")

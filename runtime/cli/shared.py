@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import MeltokError
-from .pcm_stream import INPUT_FORMATS, OUTPUT_FORMATS
-from .streaming import DEFAULT_LOOKAHEAD_SECONDS
+from meltok_runtime import __version__
+from meltok_runtime.errors import MeltokError
+from meltok_runtime.io.pcm import INPUT_FORMATS, OUTPUT_FORMATS
+from meltok_runtime.stream import DEFAULT_LOOKAHEAD_SECONDS
 
 log = logging.getLogger("meltok_runtime")
 
@@ -191,8 +191,8 @@ def encode_source(codec, audio, output, *, force: bool, progress, input_format: 
                   lookahead: float):
     """``encode AUDIO``: an audio file through ``codec_files.encode_file``, or for ``-`` raw PCM from
     standard input through a stream, progress on stderr; returns the TokenFile written."""
-    from .codec_files import encode_file
-    from .stream_files import encode_pcm_stream
+    from meltok_runtime.io.files import encode_file
+    from meltok_runtime.stream.files import encode_pcm_stream
 
     if audio != "-":
         return encode_file(codec, audio, output, force=force, progress=progress)
@@ -209,8 +209,8 @@ def decode_source(codec, tokens, output, *, original_rate: bool, force: bool, su
     """``decode TOKENS -o OUT``: a file through ``codec_files.decode_file`` (returns what it wrote), or with
     ``--stream`` audio on standard output as it is decoded, progress and a closing line on stderr (None).
     The rate written is reported on stderr."""
-    from .codec_files import decode_file
-    from .stream_files import decode_to_stream
+    from meltok_runtime.io.files import decode_file
+    from meltok_runtime.stream.files import decode_to_stream
 
     if not stream:
         written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .errors import CodeRangeError, ModelMismatchError, TokenInputError
+from meltok_runtime.errors import CodeRangeError, ModelMismatchError, TokenInputError
 
 
 def token_columns(num_samples: int, hop_length: int, compression: int) -> int:

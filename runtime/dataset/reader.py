@@ -51,8 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MeltokError
-from .optional import import_optional
+from meltok_runtime.errors import MeltokError
+from meltok_runtime.optional import import_optional
 
 FORMAT = "meltok-dataset"
 FORMAT_VERSION = 1

@@ -12,12 +12,12 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from .atomic import check_new_output
-from .codec_files import TOKEN_SUFFIXES
-from .errors import AudioInputError, TokenInputError
-from .pcm_stream import PcmWriter, read_pcm_blocks
-from .pipeline import CodecPipeline
-from .tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_tokens
+from meltok_runtime.io.atomic import check_new_output
+from meltok_runtime.io.files import TOKEN_SUFFIXES
+from meltok_runtime.errors import AudioInputError, TokenInputError
+from meltok_runtime.io.pcm import PcmWriter, read_pcm_blocks
+from meltok_runtime.pipeline import CodecPipeline
+from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_tokens
 
 
 def encode_pcm_stream(codec: CodecPipeline, source: BinaryIO, output, *, input_format: str, rate: int,

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_output
-from .errors import (BadMagicError, CodeRangeError, ModelMismatchError, OutputPathError, TokenFileError,
+from meltok_runtime.io.atomic import atomic_output
+from meltok_runtime.errors import (BadMagicError, CodeRangeError, ModelMismatchError, OutputPathError, TokenFileError,
                      TruncatedError, UnsupportedVersionError)
 
 MAGIC = b"MELTOK"

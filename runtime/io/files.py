@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import check_new_output
-from .audio import load_audio, output_format, write_audio
-from .pipeline import CodecPipeline
-from .tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_tokens
-from .windowing import Progress
+from meltok_runtime.io.atomic import check_new_output
+from meltok_runtime.io.audio import load_audio, output_format, write_audio
+from meltok_runtime.pipeline import CodecPipeline
+from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_tokens
+from meltok_runtime.windowing import Progress
 
 log = logging.getLogger("meltok_runtime")
 

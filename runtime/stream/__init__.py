@@ -1,0 +1,43 @@
+"""Streaming: decode tokens as they arrive, encode audio as it is captured, with bounded state.
+
+>>> dec = codec.stream_decoder(lookahead_seconds=0.2)   # codec: meltok_runtime.Codec or meltok.MelTok
+>>> for tokens in token_source:                        # int [rows, k] or [1, rows, k], any k >= 0
+...     play(dec.push(tokens))                         # float32 [n], n may be 0
+>>> play(dec.flush())                                  # the rest; the stream is closed
+
+>>> enc = codec.stream_encoder(lookahead_seconds=0.2)
+>>> for block in microphone:                           # float32 [n] at codec.sample_rate, any n
+...     send(enc.push(block))                          # int64 [rows, k], k may be 0
+>>> send(enc.flush())
+
+Both are built on a codec's two graph calls (audio ``[1, n]`` -> tokens ``[1, rows, T']``; tokens
+``[1, rows, w]`` -> audio ``[1, (c * w - 1) * hop]``) and its ``StreamSpec``, so the torch model and
+the runtime share this code. With ``S = hop * compression`` samples per token column:
+
+- The encoder emits column ``j`` once ``S * (j + 1) + lookahead`` samples have arrived, computing it
+  in a window that starts ``context`` before it (on the column grid, so strides line up); at
+  ``flush`` the audio is zero-padded as ``encode(pad=True)`` pads it.
+- The decoder emits sample ``n`` once the columns received cover ``n + lookahead + fade``: each call
+  decodes only the new part with ``context`` of columns on its left and the lookahead on its right,
+  and cross-fades over ``fade`` samples (complementary raised-cosine weights) into the previous call's
+  output, so joins have no step. The prefix is never decoded again; the concatenated output has the
+  length offline decoding gives.
+
+Time-local models (``StreamSpec.encoder_dependency``/``decoder_influence`` set, from
+``meltok.receptive_field`` or the bundle manifest) get at least the context and lookahead their
+receptive field needs, so their streams equal offline results: tokens identical, audio within float
+round-off. The reference architecture has no finite receptive field (GroupNorm, global attention): its
+streams approximate offline results (README, "Streaming", has the figures).
+
+State is a few windows whatever the stream's length (``state_nbytes``); a push longer than
+``max_columns`` is processed in several calls. A stream is not shared between threads (each push
+holds its lock); one codec serves many streams from many threads. Bad input raises a typed error
+before any state changes, so the stream stays usable.
+"""
+from meltok_runtime.stream.decoder import StreamDecoder
+from meltok_runtime.stream.encoder import StreamEncoder
+from meltok_runtime.stream.spec import (DEFAULT_CONTEXT_SECONDS, DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS,
+                                        StreamSpec)
+
+__all__ = ["StreamDecoder", "StreamEncoder", "StreamSpec", "DEFAULT_CONTEXT_SECONDS", "DEFAULT_FADE_SECONDS",
+           "DEFAULT_LOOKAHEAD_SECONDS"]
