@@ -252,4 +252,23 @@ def data_clips(corpus, output, split, categories, per_source, seconds, sources, 
     click.echo(f"wrote {len(clips)} clips to {output}")
 
 
+
+@data.command("parts")
+@click.argument("corpus", type=click.Path(file_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder of parts.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--max-parts", type=click.IntRange(min=1), default=None, help="At most this many parts, spread over "
+              "the corpus (default: every shard).")
+@click.option("--part-mb", default=45.0, show_default=True, help="Largest part in MiB (a shard that is larger is "
+              "refused).")
+@user_errors
+def data_parts(corpus, output, split, max_parts, part_mb):
+    """Cut a split of CORPUS into self-contained parts of one shard each, to carry in pieces (a training
+    run on a folder of parts picks up parts that arrive while it runs). Rerun to add parts."""
+    from .train.corpus.parts import pack_parts
+
+    check_new_folder(output, inputs=(corpus,), force=True)
+    parts = pack_parts(corpus, output, split=split, max_parts=max_parts, part_mb=part_mb)
+    click.echo(f"{len(parts)} parts in {output}")
+
 main.add_command(train)

@@ -21,9 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def open_reader(corpus_dir, split: str):
-    """``CorpusReader(corpus_dir, split)`` of ``meltok.train.corpus``."""
+    """``CorpusReader(corpus_dir, split)`` of ``meltok.train.corpus``, or a ``PartsReader`` when
+    ``corpus_dir`` is a folder of corpus parts (``meltok data parts``)."""
     from .corpus import CorpusReader
+    from .corpus.parts import PartsReader, is_parts_folder
 
+    if is_parts_folder(corpus_dir):
+        return PartsReader(corpus_dir, split)
     return CorpusReader(corpus_dir, split)
 
 
