@@ -196,6 +196,23 @@ def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visq
         click.echo(f"wrote plots to {plot_dir}")
 
 
+@main.command(name="spectrograms")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("audio_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
+              help="Folder for sweep.png and one STEM.png per audio file.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
+@force_option
+@user_errors
+def spectrograms_command(model, audio_files, folder, device, force):
+    """Spectrograms (0-8 kHz) of a generated sine sweep and of AUDIO_FILES, input beside MODEL's output."""
+    from .evaluation.run import write_spectrograms
+
+    check_new_folder(folder, inputs=[model, *audio_files], force=force)
+    written = write_spectrograms(model, folder, audio_files, device=device)
+    click.echo("wrote " + ", ".join(str(path) for path in written))
+
+
 @main.group()
 def data():
     """Training data: build a corpus from folders of audio."""

@@ -21,9 +21,9 @@ from meltok_runtime.errors import MetricUnavailable
 from .. import metrics
 from .inputs import clip_category, describe, find_audio, load_clip, open_codec
 from .pitch import PITCH_METRICS, pitch_metrics
-from .plots import keep_for_plots, plot_clip, require_matplotlib, safe_name
+from .plots import keep_for_plots, plot_clip, plot_spectrograms, require_matplotlib, safe_name
 from .report import SAMPLE_RATE, ClipResult, Report, summarize
-from .tones import tone_suite
+from .tones import sweep, tone_suite
 
 log = logging.getLogger("meltok")
 
@@ -73,6 +73,26 @@ def evaluate(codec_like, audio_dir, *, categories=None, plot_dir=None, max_secon
                             codebook_size=getattr(codec, "codebook_size", None), categories=categories,
                             plot_dir=plot_dir, max_seconds=max_seconds, max_plots=max_plots,
                             use_visqol=use_visqol, tones=tones, output=output)
+
+
+def write_spectrograms(codec_like, folder, files=(), *, device: str = "cpu") -> list[Path]:
+    """Code the generated sine sweep and each audio file of ``files`` with the codec and write
+    ``FOLDER/sweep.png`` (0-8 kHz) and ``FOLDER/STEM.png`` (0-4 kHz, where voices and most notes have their
+    harmonics): input beside output (``plots.plot_spectrograms``)."""
+    require_matplotlib()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with open_codec(codec_like, device=device) as codec:
+        code = token_coder(codec)
+        inputs = [("sweep", "log sine sweep 80 Hz - 8 kHz", sweep(), 8000.0)]
+        inputs += [(Path(f).stem, Path(f).name, load_clip(f), 4000.0) for f in files]
+        for stem, label, reference, max_hz in inputs:
+            estimate = code(reference).audio[:reference.size]
+            written.append(folder / f"{safe_name(stem)}.png")
+            plot_spectrograms(written[-1], reference, estimate, max_hz=max_hz,
+                              title=f"{label} through {describe(codec_like)}")
+    return written
 
 
 def score_folder(code: Coder, audio_dir, *, name: str, codebook_size: int | None = None, categories=None,
