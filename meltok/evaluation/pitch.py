@@ -2,7 +2,8 @@
 
 Both signals are resampled to ``PITCH_RATE`` (22.05 kHz, soxr) and tracked with ``fmin`` 60 Hz,
 ``fmax`` 1000 Hz, frames of 2048 samples, hop 512 (23 ms). ``f0_error_cents`` is the median over
-the frames voiced in both of ``|1200 log2(f0_out / f0_in)|``; ``voicing_agreement`` is the frames
+the frames voiced in both of ``|1200 log2(f0_out / f0_in)|`` (pyin's pitch grid is 10 cents, so values come in
+steps of 10); ``voicing_agreement`` is the frames
 voiced in both over the frames voiced in either (1 when output and input are voiced alike).
 """
 from __future__ import annotations

@@ -23,9 +23,10 @@ METRICS = metrics.CORE_METRICS + PITCH_METRICS + metrics.OPTIONAL_METRICS + ("kb
 # table columns: (metric, header, format)
 COLUMNS = (("mel_distance", "mel", "{:.3f}"), ("mel_distance_p1", "mel_p1", "{:.3f}"),
            ("stft_distance", "stft", "{:.3f}"), ("lsd", "lsd", "{:.3f}"), ("si_sdr", "si_sdr", "{:.2f}"),
-           ("buzz_db", "buzz_dB", "{:+.1f}"), ("comb86_db", "comb86", "{:+.1f}"), ("comb86_p90_db", "comb86_p90", "{:+.1f}"),
-           ("level_db", "level_dB", "{:+.2f}"), ("peak_level_db", "peak_dB", "{:+.1f}"),
-           ("f0_error_cents", "f0_cents", "{:.0f}"), ("voicing_agreement", "voicing", "{:.2f}"), ("visqol", "visqol", "{:.2f}"),
+           ("buzz_db", "buzz_dB", "{:+.1f}"), ("comb86_db", "comb86", "{:+.1f}"),
+           ("comb86_p90_db", "comb86_p90", "{:+.1f}"), ("level_db", "level_dB", "{:+.2f}"),
+           ("peak_level_db", "peak_dB", "{:+.1f}"), ("f0_error_cents", "f0_cents", "{:.0f}"),
+           ("voicing_agreement", "voicing", "{:.2f}"), ("visqol", "visqol", "{:.2f}"),
            ("pesq_wb", "pesq_wb", "{:.2f}"), ("stoi", "stoi", "{:.3f}"), ("kbps", "kbps", "{:.2f}"),
            ("codebook_usage", "usage*", "{:.3f}"), ("perplexity", "ppl*", "{:.0f}"))
 POOLED = ("codebook_usage", "perplexity")
@@ -45,10 +46,12 @@ DEFINITIONS = {
     "comb86_db": "comb at the multiples of 44100/512 = 86.1 Hz: per multiple, the line prominence as for buzz_db, "
                  "output minus input; median over the multiples, in dB (0 = no more lines than the input)",
     "comb86_odd_db": "comb86_db over the odd multiples of 86.1 Hz only (the lines buzz_db does not look at)",
-    "comb86_p90_db": "90th percentile over the 86.1 Hz multiples of the per-line prominence difference (target: <= 6 dB)",
+    "comb86_p90_db": "90th percentile over the 86.1 Hz multiples of the per-line prominence difference "
+                     "(target: <= 6 dB)",
     "level_db": "RMS level difference in dB, 20 log10(rms(output) / rms(input))",
     "peak_level_db": "level at the input's 10 strongest spectral peaks (Welch spectrum as buzz_db, 40 Hz-16 kHz, "
-                     "local maxima within +-20 Hz), power within +-2 bins, output over input in dB, mean over the peaks",
+                     "local maxima within +-20 Hz), power within +-2 bins, output over input in dB, mean over "
+                     "the peaks",
     "f0_error_cents": "pyin f0 (22.05 kHz, 60-1000 Hz, frames 2048, hop 512) of input and output: median "
                       "|1200 log2(f0_out / f0_in)| over the frames voiced in both (music and speech clips)",
     "voicing_agreement": "pyin frames voiced in both output and input over frames voiced in either (music and speech)",

@@ -30,7 +30,7 @@ def gain_10db(x):
 
 
 def shift_pitch(x, ratio=SHIFT):
-    """Every frequency times ``ratio`` (resampled, then played at the original rate), zero-padded to the input length."""
+    """Every frequency times ``ratio`` (resampled, played at the original rate), zero-padded to the input length."""
     import soxr
 
     y = soxr.resample(x, 44100 * ratio, 44100)
