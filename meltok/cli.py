@@ -153,6 +153,9 @@ def info(path):
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Evaluate only the first S seconds of each clip.")
 @click.option("--no-visqol", is_flag=True, help="Skip ViSQOL (the slowest metric).")
+@click.option("--tones/--no-tones", default=True, show_default=True,
+              help="Also code generated tones, a sine sweep and chords, and report what comes back at their "
+                   "frequencies (about 50 s of audio per codec).")
 @click.option("--anchors", is_flag=True,
               help="Also score classic codecs on the same clips (Opus 6/12 kbps, Vorbis q-1, MP3 16 kbps: "
                    "each skipped when its tool is missing) and true mel + Griffin-Lim; print one table "
@@ -160,7 +163,7 @@ def info(path):
 @click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
 @force_option
 @user_errors
-def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, anchors, device, force):
+def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visqol, tones, anchors, device, force):
     """Evaluate MODEL (.safetensors model file or export bundle folder) on the audio under AUDIO_DIR.
 
     Categories (music/speech/effects) come from the first folder under AUDIO_DIR.
@@ -176,13 +179,13 @@ def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visq
     if plot_dir:
         check_new_folder(plot_dir, inputs=[audio_dir, model], force=force)
     report = evaluate(model, audio_dir, plot_dir=plot_dir, max_seconds=max_seconds, use_visqol=not no_visqol,
-                      output=report_prefix, device=device)
+                      tones=tones, output=report_prefix, device=device)
     click.echo(report.table())
     written = list(report_paths(report_prefix)) if report_prefix else []
     if anchors:
         from .evaluation.anchors import anchors_table, run_anchors, write_anchors
 
-        results = run_anchors(audio_dir, max_seconds=max_seconds, use_visqol=not no_visqol)
+        results = run_anchors(audio_dir, max_seconds=max_seconds, use_visqol=not no_visqol, tones=tones)
         click.echo("")
         click.echo(anchors_table(report, results))
         if report_prefix:
@@ -191,6 +194,23 @@ def eval_command(model, audio_dir, report_prefix, plot_dir, max_seconds, no_visq
         click.echo("wrote " + ", ".join(str(path) for path in written))
     if plot_dir:
         click.echo(f"wrote plots to {plot_dir}")
+
+
+@main.command(name="spectrograms")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("audio_files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
+              help="Folder for sweep.png and one STEM.png per audio file.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for a model file, e.g. cuda.")
+@force_option
+@user_errors
+def spectrograms_command(model, audio_files, folder, device, force):
+    """Spectrograms (0-8 kHz) of a generated sine sweep and of AUDIO_FILES, input beside MODEL's output."""
+    from .evaluation.run import write_spectrograms
+
+    check_new_folder(folder, inputs=[model, *audio_files], force=force)
+    written = write_spectrograms(model, folder, audio_files, device=device)
+    click.echo("wrote " + ", ".join(str(path) for path in written))
 
 
 @main.group()

@@ -21,6 +21,17 @@ default) and trims both to the shorter length. Definitions:
   below ``sample_rate / 2 - 60 Hz``, the prominence is the peak power within +-4 Hz over the
   median power of the bins within +-60 Hz (the +-10 Hz around the line left out), in dB; the
   clip's value is the median over the multiples, and the metric is estimate minus reference.
+- ``comb_lines_db`` (dB per line): the same prominence at every multiple of ``sample_rate / period``,
+  output minus input, one value per multiple (the buzz above is the ``period = hop`` case, taken
+  as a difference of medians). Clip values: ``comb86_db`` (median over the multiples of
+  44100/512 = 86.1 Hz), ``comb86_odd_db`` (median over the odd multiples, the lines that the
+  172.3 Hz buzz does not look at) and ``comb86_p90_db`` (the 90th percentile over the multiples:
+  "no line stands out", robust to chance; the largest of some 250 per-line differences is not: white
+  noise at 20 dB SNR already reaches +4..+8 dB on real clips).
+- ``peak_level_db``: the level at the input's spectral peaks: the ``PEAK_COUNT`` strongest local
+  maxima (each the largest bin within +-``PEAK_SPACING_HZ``) between 40 Hz and 16 kHz of the
+  input's Welch spectrum (as for the buzz); at each, the power summed within +-2 bins (the Hann
+  main lobe), output over input in dB; the mean over the peaks.
 - ``level_db``: RMS level difference in dB, ``20 log10(rms(estimate) / rms(reference))``;
   negative when the estimate is quieter, ``nan`` for a silent reference.
 - ``stft_distance``: multi-resolution STFT distance with auraloss' ``MultiResolutionSTFTLoss``
@@ -59,6 +70,10 @@ BUZZ_N_FFT = 16384
 BUZZ_PEAK_HZ = 4.0
 BUZZ_GAP_HZ = 10.0
 BUZZ_NEIGHBOURHOOD_HZ = 60.0
+COMB_PERIOD = 512  # two vocoder hops: the comb at 44100/512 = 86.1 Hz of the shipped model
+PEAK_COUNT = 10
+PEAK_SPACING_HZ = 20.0
+PEAK_BAND_HZ = (40.0, 16000.0)
 
 
 # ------------------------------------------------------------------ inputs
@@ -214,10 +229,10 @@ def average_power_spectrum(signal, n_fft: int = BUZZ_N_FFT) -> np.ndarray:
     return spectra.mean(axis=0)
 
 
-def line_prominence_db(signal, fundamental: float, *, sample_rate: int = SAMPLE_RATE,
-                       n_fft: int = BUZZ_N_FFT) -> float:
-    """Median prominence in dB of the spectrum at the multiples of ``fundamental`` Hz over
-    its local spectral median (definition in the module docstring)."""
+def line_prominences_db(signal, fundamental: float, *, sample_rate: int = SAMPLE_RATE,
+                        n_fft: int = BUZZ_N_FFT) -> np.ndarray:
+    """Prominence in dB of the spectrum at each multiple ``k * fundamental`` (k = 1, 2, ...) over its
+    local spectral median, ``[multiples]`` float64 (definition in the module docstring)."""
     spectrum = average_power_spectrum(signal, n_fft)
     floor = max(float(spectrum.max()), 1e-30) * 1e-15  # digital silence: no line, 0 dB
     spectrum = np.maximum(spectrum, floor)
@@ -228,12 +243,34 @@ def line_prominence_db(signal, fundamental: float, *, sample_rate: int = SAMPLE_
         raise ValueError(f"no multiple of {fundamental} Hz lies below {sample_rate / 2} Hz")
     offsets = np.arange(-reach, reach + 1)
     around = offsets[np.abs(offsets) > gap]
-    prominences = []
+    prominences = np.empty(count)
     for k in range(1, count + 1):
         centre = int(round(k * fundamental / bin_hz))
         line = spectrum[centre - peak:centre + peak + 1].max()
-        prominences.append(10.0 * math.log10(line / np.median(spectrum[centre + around])))
-    return float(np.median(prominences))
+        prominences[k - 1] = 10.0 * math.log10(line / np.median(spectrum[centre + around]))
+    return prominences
+
+
+def line_prominence_db(signal, fundamental: float, *, sample_rate: int = SAMPLE_RATE,
+                       n_fft: int = BUZZ_N_FFT) -> float:
+    """Median over the multiples of ``line_prominences_db``."""
+    return float(np.median(line_prominences_db(signal, fundamental, sample_rate=sample_rate, n_fft=n_fft)))
+
+
+def comb_lines_db(reference, estimate, *, sample_rate: int = SAMPLE_RATE, period: int = COMB_PERIOD) -> np.ndarray:
+    """Line prominence at each multiple of ``sample_rate / period``, estimate minus reference, in dB
+    (``[multiples]``; 0 where both are alike)."""
+    ref, est = align(reference, estimate)
+    rate = sample_rate / period
+    return (line_prominences_db(est, rate, sample_rate=sample_rate)
+            - line_prominences_db(ref, rate, sample_rate=sample_rate))
+
+
+def comb_summary(reference, estimate, *, sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
+    """``comb86_db``, ``comb86_odd_db``, ``comb86_p90_db`` (module docstring) at ``COMB_PERIOD``."""
+    lines = comb_lines_db(reference, estimate, sample_rate=sample_rate)
+    return {"comb86_db": float(np.median(lines)), "comb86_odd_db": float(np.median(lines[0::2])),
+            "comb86_p90_db": float(np.percentile(lines, 90))}
 
 
 def frame_rate_buzz(reference, estimate, *, sample_rate: int = SAMPLE_RATE, hop_length: int = HOP_LENGTH) -> float:
@@ -256,6 +293,28 @@ def level_difference_db(reference, estimate) -> float:
     if est_rms == 0.0:
         return float("-inf")
     return 20.0 * math.log10(est_rms / ref_rms)
+
+
+def peak_level_db(reference, estimate, *, sample_rate: int = SAMPLE_RATE, count: int = PEAK_COUNT) -> float:
+    """Mean level in dB of the estimate at the reference's ``count`` strongest spectral peaks, re the
+    reference (module docstring); ``nan`` when the reference has no peak (silence)."""
+    ref, est = align(reference, estimate)
+    p_ref, p_est = average_power_spectrum(ref), average_power_spectrum(est)
+    bin_hz = sample_rate / BUZZ_N_FFT
+    spacing = int(round(PEAK_SPACING_HZ / bin_hz))
+    low, high = (int(round(hz / bin_hz)) for hz in PEAK_BAND_HZ)
+    padded = np.pad(p_ref, spacing, constant_values=np.inf)
+    local_max = np.lib.stride_tricks.sliding_window_view(padded, 2 * spacing + 1).max(axis=1)
+    candidates = np.flatnonzero((p_ref >= local_max) & (p_ref > 0))
+    candidates = candidates[(candidates >= low) & (candidates <= high)]
+    if candidates.size == 0:
+        return float("nan")
+    peaks = candidates[np.argsort(p_ref[candidates])[::-1][:count]]
+    levels = []
+    for centre in peaks:
+        band = slice(centre - 2, centre + 3)
+        levels.append(10.0 * math.log10(max(float(p_est[band].sum()), 1e-30) / float(p_ref[band].sum())))
+    return float(np.mean(levels))
 
 
 def stft_distance(reference, estimate, *, resolutions=MRSTFT_RESOLUTIONS, eps: float = 1e-8) -> float:
@@ -302,7 +361,8 @@ def si_sdr(reference, estimate) -> float:
 
 
 # ------------------------------------------------------------------ optional metrics
-def _resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+def resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """``signal`` from ``rate_in`` to ``rate_out`` Hz (soxr HQ), float64."""
     if rate_in == rate_out:
         return np.asarray(signal, dtype=np.float64)
     import soxr
@@ -336,7 +396,7 @@ def visqol(reference, estimate, *, sample_rate: int = SAMPLE_RATE, mode: str = "
     ref, est = align(reference, estimate)
     api = _visqol_api(mode)
     rate = 48000 if mode == "audio" else 16000
-    result = api.measure_from_arrays(_resample(ref, sample_rate, rate), _resample(est, sample_rate, rate), rate)
+    result = api.measure_from_arrays(resample(ref, sample_rate, rate), resample(est, sample_rate, rate), rate)
     return float(result.moslqo)
 
 
@@ -346,7 +406,7 @@ def pesq_wb(reference, estimate, *, sample_rate: int = SAMPLE_RATE) -> float:
     pesq = _require("pesq", "pesq")
     ref, est = align(reference, estimate)
     try:
-        return float(pesq.pesq(16000, _resample(ref, sample_rate, 16000), _resample(est, sample_rate, 16000), "wb"))
+        return float(pesq.pesq(16000, resample(ref, sample_rate, 16000), resample(est, sample_rate, 16000), "wb"))
     except pesq.PesqError as error:
         raise MetricUnavailable(f"PESQ cannot score this clip: {error}") from None
 
@@ -355,7 +415,7 @@ def stoi(reference, estimate, *, sample_rate: int = SAMPLE_RATE, extended: bool 
     """STOI (0..1, ``pystoi``; it resamples to 10 kHz internally); for speech."""
     pystoi = _require("pystoi", "pystoi")
     ref, est = align(reference, estimate)
-    return float(pystoi.stoi(_resample(ref, sample_rate, 16000), _resample(est, sample_rate, 16000), 16000,
+    return float(pystoi.stoi(resample(ref, sample_rate, 16000), resample(est, sample_rate, 16000), 16000,
                              extended=extended))
 
 
@@ -402,7 +462,8 @@ def codebook_usage(tokens, codebook_size: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ all at once
-CORE_METRICS = ("mel_distance", "mel_distance_p1", "stft_distance", "lsd", "si_sdr", "buzz_db", "level_db")
+CORE_METRICS = ("mel_distance", "mel_distance_p1", "stft_distance", "lsd", "si_sdr", "buzz_db", "comb86_db",
+                "comb86_odd_db", "comb86_p90_db", "level_db", "peak_level_db")
 OPTIONAL_METRICS = ("visqol", "pesq_wb", "stoi")
 
 
@@ -418,7 +479,9 @@ def clip_metrics(reference, estimate, *, sample_rate: int = SAMPLE_RATE, speech:
         "lsd": log_spectral_distance(ref, est),
         "si_sdr": si_sdr(ref, est),
         "buzz_db": frame_rate_buzz(ref, est, sample_rate=sample_rate),
+        **comb_summary(ref, est, sample_rate=sample_rate),
         "level_db": level_difference_db(ref, est),
+        "peak_level_db": peak_level_db(ref, est, sample_rate=sample_rate),
     }
     reasons: dict[str, str] = {}
     optional = {"visqol": (lambda: visqol(ref, est, sample_rate=sample_rate)) if use_visqol else None,

@@ -27,7 +27,7 @@ from meltok_runtime.io.atomic import atomic_output
 
 from ..errors import AnchorError
 from ..metrics import SAMPLE_RATE
-from .report import ALL, format_rows, json_safe, report_paths
+from .report import ALL, format_rows, json_safe, report_paths, target_lines, tones_table
 from .run import Coded, Coder, score_folder
 
 log = logging.getLogger("meltok")
@@ -164,12 +164,12 @@ class AnchorResult:
 
 
 def run_anchors(audio_dir, *, categories=None, max_seconds: float | None = None, use_visqol: bool = True,
-                codecs=CLASSIC_CODECS, griffin_lim: bool = True) -> list[AnchorResult]:
+                tones: bool = True, codecs=CLASSIC_CODECS, griffin_lim: bool = True) -> list[AnchorResult]:
     """Score every available classic codec (and ``mel96+GL``) on the clips under ``audio_dir``
     with the options of ``evaluate``. A codec with a missing tool is skipped with a note."""
     def score(coder, name):
         return score_folder(coder, audio_dir, name=name, categories=categories, max_seconds=max_seconds,
-                            use_visqol=use_visqol)
+                            use_visqol=use_visqol, tones=tones)
 
     results = []
     for codec in codecs:
@@ -188,7 +188,9 @@ def run_anchors(audio_dir, *, categories=None, max_seconds: float | None = None,
 
 ANCHOR_COLUMNS = (("kbps", "kbps", "{:.1f}"), ("mel_distance", "mel", "{:.3f}"),
                   ("mel_distance_p1", "mel_p1", "{:.3f}"), ("lsd", "lsd", "{:.3f}"),
-                  ("buzz_db", "buzz_dB", "{:+.1f}"), ("level_db", "level_dB", "{:+.2f}"),
+                  ("buzz_db", "buzz_dB", "{:+.1f}"), ("comb86_db", "comb86", "{:+.1f}"),
+                  ("level_db", "level_dB", "{:+.2f}"), ("peak_level_db", "peak_dB", "{:+.1f}"),
+                  ("f0_error_cents", "f0_cents", "{:.0f}"), ("voicing_agreement", "voicing", "{:.2f}"),
                   ("visqol", "visqol", "{:.2f}"))
 
 
@@ -210,7 +212,11 @@ def anchors_table(model_report, anchors: list[AnchorResult]) -> str:
     notes.append("delay: median lag in samples removed by cross-correlation; kbps: coded size / duration; "
                  "mel96+GL: true 96-band mel + Griffin-Lim (no bits)")
     notes += [a.note for a in anchors if a.note]
-    return "\n".join(format_rows(header, rows, left=2) + notes)
+    reports = [(name, report) for name, report, _ in entries if report is not None]
+    with_tones = [(name, report.tones) for name, report in reports if report.tones is not None]
+    tones = ["", *tones_table(with_tones)] if with_tones else []
+    targets = [line for name, report in reports for line in target_lines(report.targets(), name)]
+    return "\n".join(format_rows(header, rows, left=2) + notes + tones + [""] + targets)
 
 
 def anchors_path(prefix) -> Path:

@@ -13,15 +13,20 @@ import numpy as np
 from meltok_runtime.io.atomic import atomic_output
 
 from .. import metrics
+from . import tones as tone_signals
+from .pitch import PITCH_METRICS
 
 SAMPLE_RATE = metrics.SAMPLE_RATE
 CATEGORIES = ("music", "speech", "effects")
 ALL = "all"
-METRICS = metrics.CORE_METRICS + metrics.OPTIONAL_METRICS + ("kbps", "codebook_usage", "perplexity")
+METRICS = metrics.CORE_METRICS + PITCH_METRICS + metrics.OPTIONAL_METRICS + ("kbps", "codebook_usage", "perplexity")
 # table columns: (metric, header, format)
 COLUMNS = (("mel_distance", "mel", "{:.3f}"), ("mel_distance_p1", "mel_p1", "{:.3f}"),
            ("stft_distance", "stft", "{:.3f}"), ("lsd", "lsd", "{:.3f}"), ("si_sdr", "si_sdr", "{:.2f}"),
-           ("buzz_db", "buzz_dB", "{:+.1f}"), ("level_db", "level_dB", "{:+.2f}"), ("visqol", "visqol", "{:.2f}"),
+           ("buzz_db", "buzz_dB", "{:+.1f}"), ("comb86_db", "comb86", "{:+.1f}"),
+           ("comb86_p90_db", "comb86_p90", "{:+.1f}"), ("level_db", "level_dB", "{:+.2f}"),
+           ("peak_level_db", "peak_dB", "{:+.1f}"), ("f0_error_cents", "f0_cents", "{:.0f}"),
+           ("voicing_agreement", "voicing", "{:.2f}"), ("visqol", "visqol", "{:.2f}"),
            ("pesq_wb", "pesq_wb", "{:.2f}"), ("stoi", "stoi", "{:.3f}"), ("kbps", "kbps", "{:.2f}"),
            ("codebook_usage", "usage*", "{:.3f}"), ("perplexity", "ppl*", "{:.0f}"))
 POOLED = ("codebook_usage", "perplexity")
@@ -38,7 +43,24 @@ DEFINITIONS = {
     "si_sdr": "scale-invariant SDR in dB (zero-mean)",
     "buzz_db": "frame-rate buzz, output minus input: median over the multiples of 44100/256 = 172.3 Hz of the "
                "Welch power spectrum's peak (+-4 Hz) over its median within +-60 Hz (+-10 Hz left out), in dB",
+    "comb86_db": "comb at the multiples of 44100/512 = 86.1 Hz: per multiple, the line prominence as for buzz_db, "
+                 "output minus input; median over the multiples, in dB (0 = no more lines than the input)",
+    "comb86_odd_db": "comb86_db over the odd multiples of 86.1 Hz only (the lines buzz_db does not look at)",
+    "comb86_p90_db": "90th percentile over the 86.1 Hz multiples of the per-line prominence difference "
+                     "(target: <= 6 dB)",
     "level_db": "RMS level difference in dB, 20 log10(rms(output) / rms(input))",
+    "peak_level_db": "level at the input's 10 strongest spectral peaks (Welch spectrum as buzz_db, 40 Hz-16 kHz, "
+                     "local maxima within +-20 Hz), power within +-2 bins, output over input in dB, mean over "
+                     "the peaks",
+    "f0_error_cents": "pyin f0 (22.05 kHz, 60-1000 Hz, frames 2048, hop 512) of input and output: median "
+                      "|1200 log2(f0_out / f0_in)| over the frames voiced in both (music and speech clips)",
+    "voicing_agreement": "pyin frames voiced in both output and input over frames voiced in either (music and speech)",
+    "tones": "generated signals at -6 dBFS, 0.5 s left out at each end: tones 110/300/1000/4000 Hz (4 s), a log "
+             "sweep 80 Hz-8 kHz (20 s), chords C4+E4+G4, 440+470 Hz, 1000+1060 Hz; level_db: power within +-3 "
+             "bins of a one-FFT periodic-Hann spectrum (0.33 Hz bins), output over input; line_hz: the output's "
+             "strongest line (parabolic refinement), error_percent re the input frequency; autocorr_512/2048: "
+             "normalised autocorrelation of the output; sweep: 8192-sample segments, median level in the band "
+             "the sweep crosses and the fraction of segments whose strongest line is within 1%",
     "visqol": "ViSQOL v3 audio mode (visqol-python) at 48 kHz, MOS-LQO",
     "pesq_wb": "wide-band PESQ at 16 kHz (speech clips only)",
     "stoi": "STOI (pystoi; speech clips only)",
@@ -79,6 +101,11 @@ class Report:
     clips: list
     summary: dict
     unavailable: dict
+    tones: dict | None = None  # tones.tone_suite's results, None when not run
+
+    def targets(self) -> list[dict]:
+        """The project's pass/fail targets on this report (``check_targets``)."""
+        return check_targets(self.clips, self.tones)
 
     def table(self) -> str:
         """Plain-text table: one mean and one median row per category, then ``all``."""
@@ -104,13 +131,14 @@ class Report:
         skipped = sum(1 for clip in self.clips for metric in clip.notes if metric not in self.unavailable)
         if skipped:
             notes.append(f"{skipped} metric value(s) could not be computed for single clips: see the CSV notes column")
-        return "\n".join(lines + notes)
+        tables = [] if self.tones is None else ["", *tones_table([(self.model, self.tones)])]
+        return "\n".join(lines + notes + tables + ["", *target_lines(self.targets())])
 
     def to_dict(self) -> dict:
         return json_safe({"model": self.model, "audio_dir": self.audio_dir, "sample_rate": SAMPLE_RATE,
                           "codebook_size": self.codebook_size, "definitions": DEFINITIONS,
-                          "unavailable": self.unavailable, "summary": self.summary,
-                          "clips": [clip.row() for clip in self.clips]})
+                          "unavailable": self.unavailable, "summary": self.summary, "tones": self.tones,
+                          "targets": self.targets(), "clips": [clip.row() for clip in self.clips]})
 
     def write_json(self, path) -> None:
         with atomic_output(path) as tmp:
@@ -132,6 +160,69 @@ class Report:
         self.write_json(paths[0])
         self.write_csv(paths[1])
         return paths
+
+
+def check_targets(clips: list, tones: dict | None) -> list[dict]:
+    """``[{"target", "passed" (None: not measured), "detail"}]``: every tone and every chord partial
+    within 1% at no more than 6 dB below the input; comb86_p90_db at most +6 dB on every clip and tone;
+    level within 2 dB on every clip."""
+    checks = []
+    for name, partials in (("tones", tones and tones["tones"]),
+                           ("chord partials", tones and [dict(p, chord=c) for c, ps in tones["chords"].items()
+                                                         for p in ps])):
+        failed = [p for p in partials or [] if not tone_signals.kept(p)]
+        detail = ", ".join(f"{p['hz']:g} Hz: {p['level_db']:+.1f} dB, line {p['line_hz']:.1f} Hz "
+                           f"({p['error_percent']:+.2f}%)" for p in failed)
+        checks.append({"target": f"{name} within {tone_signals.MAX_ERROR_PERCENT:g}% at no more than "
+                                 f"{tone_signals.MAX_LOSS_DB:g} dB below the input",
+                       "passed": None if partials is None else not failed, "detail": detail})
+    combs = [(c.path, c.values.get("comb86_p90_db")) for c in clips]
+    combs += [(f"{t['hz']:g} Hz tone", t["comb86_p90_db"]) for t in (tones or {}).get("tones", [])]
+    combs = [(where, v) for where, v in combs if v is not None and math.isfinite(v)]
+    worst = max(combs, key=lambda item: item[1], default=None)
+    checks.append({"target": "comb at most +6 dB at the 86.1 Hz multiples (comb86_p90, every clip and tone)",
+                   "passed": None if worst is None else worst[1] <= 6.0,
+                   "detail": "" if worst is None else f"largest {worst[1]:+.1f} dB ({worst[0]})"})
+    levels = [c.values.get("level_db") for c in clips]
+    levels = [v for v in levels if v is not None and not math.isnan(v)]
+    checks.append({"target": "level within 2 dB on every clip", "passed": all(abs(v) <= 2.0 for v in levels)
+                   if levels else None, "detail": f"{min(levels):+.2f} .. {max(levels):+.2f} dB" if levels else ""})
+    return checks
+
+
+def target_lines(checks: list[dict], name: str = "") -> list[str]:
+    """One line per target: ``PASS``/``FAIL``/``n/a``, the target and what failed."""
+    lines = []
+    for check in checks:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[check["passed"]]
+        detail = f": {check['detail']}" if check["detail"] else ""
+        lines.append(f"{name + '  ' if name else ''}{verdict}  {check['target']}{detail}")
+    return lines
+
+
+def tones_table(entries: list) -> list[str]:
+    """Aligned lines, one row per ``(codec name, tone results)``: per tone the level at its frequency
+    (dB re input) and the error of the output's strongest line (%), the sweep, the weakest chord
+    partial, the median 86.1 Hz comb and the autocorrelation at lag 512 of the steady tones."""
+    header = ["codec"]
+    rows = []
+    for name, tones in entries:
+        cells = [name]
+        titles = []
+        for t in tones["tones"]:
+            titles += [f"{t['hz']:g}Hz_dB", "err%"]
+            cells += [f"{t['level_db']:+.1f}", f"{t['error_percent']:+.2f}"]
+        weakest = min((p for ps in tones["chords"].values() for p in ps), key=lambda p: p["level_db"])
+        titles += ["sweep_dB", "sweep_1%", "chord_min_dB", "comb86", "ac512"]
+        cells += [f"{tones['sweep']['level_db']:+.1f}", f"{tones['sweep']['within_percent']:.2f}",
+                  f"{weakest['level_db']:+.1f}", f"{np.median([t['comb86_db'] for t in tones['tones']]):+.1f}",
+                  f"{np.median([t['autocorr_512'] for t in tones['tones']]):+.2f}"]
+        header = ["codec"] + titles
+        rows.append(cells)
+    notes = ["tones: level at the input frequency (dB re input) and error of the strongest output line (%); "
+             "sweep_1%: fraction of sweep segments within 1%; chord_min_dB: weakest chord partial; comb86, ac512: "
+             "medians over the tones (input's ac512: -0.17, -0.99, -0.77, -0.93)"]
+    return format_rows(header, rows) + notes
 
 
 def report_paths(prefix) -> tuple[Path, Path]:

@@ -16,12 +16,18 @@ from typing import Callable
 
 import numpy as np
 
+from meltok_runtime.errors import MetricUnavailable
+
 from .. import metrics
 from .inputs import clip_category, describe, find_audio, load_clip, open_codec
-from .plots import keep_for_plots, plot_clip, require_matplotlib, safe_name
+from .pitch import PITCH_METRICS, pitch_metrics
+from .plots import keep_for_plots, plot_clip, plot_spectrograms, require_matplotlib, safe_name
 from .report import SAMPLE_RATE, ClipResult, Report, summarize
+from .tones import sweep, tone_suite
 
 log = logging.getLogger("meltok")
+
+PITCH_CATEGORIES = ("music", "speech")
 
 
 @dataclasses.dataclass
@@ -51,26 +57,47 @@ def token_coder(codec) -> Coder:
 
 
 def evaluate(codec_like, audio_dir, *, categories=None, plot_dir=None, max_seconds: float | None = None,
-             max_plots: int = 4, use_visqol: bool = True, output=None, device: str = "cpu") -> Report:
+             max_plots: int = 4, use_visqol: bool = True, tones: bool = True, output=None,
+             device: str = "cpu") -> Report:
     """Encode and decode every audio file under ``audio_dir``, score each reconstruction and
     summarise per category.
 
     ``categories``: optional ``{relative path, file name or stem: category}``; otherwise the
     first folder name (or a category word in the file name). ``plot_dir``: write original vs
     reconstructed log-mel PNGs for up to ``max_plots`` clips (the first of each category first).
-    ``max_seconds``: evaluate only the start of each clip. ``output``: also write
-    ``OUTPUT.json`` and ``OUTPUT.csv``.
+    ``max_seconds``: evaluate only the start of each clip. ``tones``: also run the generated tones,
+    sweep and chords of ``tones.tone_suite``. ``output``: also write ``OUTPUT.json`` and ``OUTPUT.csv``.
     """
     with open_codec(codec_like, device=device) as codec:
         return score_folder(token_coder(codec), audio_dir, name=describe(codec_like),
                             codebook_size=getattr(codec, "codebook_size", None), categories=categories,
                             plot_dir=plot_dir, max_seconds=max_seconds, max_plots=max_plots,
-                            use_visqol=use_visqol, output=output)
+                            use_visqol=use_visqol, tones=tones, output=output)
+
+
+def write_spectrograms(codec_like, folder, files=(), *, device: str = "cpu") -> list[Path]:
+    """Code the generated sine sweep and each audio file of ``files`` with the codec and write
+    ``FOLDER/sweep.png`` (0-8 kHz) and ``FOLDER/STEM.png`` (0-4 kHz, where voices and most notes have their
+    harmonics): input beside output (``plots.plot_spectrograms``)."""
+    require_matplotlib()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with open_codec(codec_like, device=device) as codec:
+        code = token_coder(codec)
+        inputs = [("sweep", "log sine sweep 80 Hz - 8 kHz", sweep(), 8000.0)]
+        inputs += [(Path(f).stem, Path(f).name, load_clip(f), 4000.0) for f in files]
+        for stem, label, reference, max_hz in inputs:
+            estimate = code(reference).audio[:reference.size]
+            written.append(folder / f"{safe_name(stem)}.png")
+            plot_spectrograms(written[-1], reference, estimate, max_hz=max_hz,
+                              title=f"{label} through {describe(codec_like)}")
+    return written
 
 
 def score_folder(code: Coder, audio_dir, *, name: str, codebook_size: int | None = None, categories=None,
                  plot_dir=None, max_seconds: float | None = None, max_plots: int = 4, use_visqol: bool = True,
-                 output=None) -> Report:
+                 tones: bool = True, output=None) -> Report:
     """Run ``code`` on every clip under ``audio_dir`` and score it (arguments as ``evaluate``)."""
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds={max_seconds}; expected a positive number of seconds or None")
@@ -101,7 +128,11 @@ def score_folder(code: Coder, audio_dir, *, name: str, codebook_size: int | None
     for metric in ("pesq_wb", "stoi"):
         if status[metric] and any(clip.category == "speech" for clip in clips):
             unavailable[metric] = status[metric]
-    report = Report(name, str(audio_dir), codebook_size, clips, summarize(clips), unavailable)
+    tone_results = None
+    if tones:
+        log.info("%s: tones, sweep and chords", name)
+        tone_results = tone_suite(code)
+    report = Report(name, str(audio_dir), codebook_size, clips, summarize(clips), unavailable, tone_results)
     if plot_dir is not None:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
         for number, (clip, reference, estimate) in enumerate(plotted):
@@ -117,6 +148,12 @@ def _score_clip(relative, category, reference, coded: Coded, codec_seconds, *, c
     """Score one coded clip: ``(ClipResult, estimate [N])``."""
     estimate = np.asarray(coded.audio, dtype=np.float32).reshape(-1)[:reference.size]
     values, reasons = metrics.clip_metrics(reference, estimate, speech=category == "speech", use_visqol=use_visqol)
+    values.update(dict.fromkeys(PITCH_METRICS))
+    if category in PITCH_CATEGORIES:
+        try:
+            values.update(pitch_metrics(reference, estimate))
+        except MetricUnavailable as error:
+            reasons["f0_error_cents"] = str(error)
     for metric, reason in reasons.items():
         if not status.get(metric):  # a package that is missing is reported once, in Report.unavailable
             log.warning("%s: %s not computed: %s", relative, metric, reason)

@@ -68,7 +68,8 @@ def test_cli_anchors_table_and_file(tmp_path, real_clips):
     from meltok.default_model import default_model_path
 
     result = CliRunner().invoke(eval_command, [str(default_model_path()), str(tmp_path / "clips"), "--anchors",
-                                               "--no-visqol", "--max-seconds", "0.5", "-o", str(tmp_path / "r.json")])
+                                               "--no-visqol", "--no-tones", "--max-seconds", "0.5",
+                                               "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert "mel96+GL" in result.output and "delay" in result.output
     available = [c.name for c in CLASSIC_CODECS if not c.missing_tools()]
