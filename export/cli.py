@@ -149,7 +149,7 @@ def verify(bundle, model_path, as_json):
                    "included; not verified by meltok).")
 @click.option("--pipeline-instances", type=click.IntRange(min=1), default=4, show_default=True,
               help="Instances of the Python pipeline model (CPU): the requests it serves at once.")
-@click.option("--force", is_flag=True, help="Replace an earlier repository at REPO.")
+@click.option("-y", "--force", is_flag=True, help="Replace an earlier repository at REPO.")
 @user_errors
 def triton(bundle, output, engines, max_batch_size, preferred, max_queue_delay_us, instances, cpu, trt_accelerator,
            trt_fp16, pipeline_instances, force):

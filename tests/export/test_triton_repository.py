@@ -226,6 +226,10 @@ def test_destination_rules(tmp_path, repo):
         write_triton_repository(DEFAULT_BUNDLE, again)
     write_triton_repository(DEFAULT_BUNDLE, again, TritonOptions(cpu=True), force=True)
     assert kind_name(read_config(again / "meltok_encoder").instance_group[0]) == "KIND_CPU"
+    refused = CliRunner().invoke(main, ["triton", str(DEFAULT_BUNDLE), "-o", str(again)])
+    assert refused.exit_code == 1 and "pass --force (-y)" in refused.output
+    replaced = CliRunner().invoke(main, ["triton", str(DEFAULT_BUNDLE), "-o", str(again), "-y"])
+    assert replaced.exit_code == 0 and kind_name(read_config(again / "meltok_encoder").instance_group[0]) == "KIND_GPU"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "other"]  # no temporaries left
     with pytest.raises(Exception, match="input"):
         write_triton_repository(DEFAULT_BUNDLE, DEFAULT_BUNDLE, force=True)
