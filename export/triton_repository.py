@@ -17,7 +17,6 @@ package, which runs ``meltok_runtime``'s own pipeline (``GraphCodec``) on BLS gr
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +211,10 @@ def _scalar(value) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return json.dumps(str(value))  # a quoted string with escapes protobuf text format reads
+    text = str(value)
+    if not text.isprintable():
+        raise TritonOptionError(f"{text!r} holds control characters, which a Triton configuration cannot hold")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'  # protobuf text format's C escapes
 
 
 # ---------------------------------------------------------------------- checks
