@@ -3,6 +3,9 @@
     meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16|int8] [--max-seconds S]
                   [--opt-seconds S] [--max-batch B] [--version-compatible] [--timing-cache PATH] [--force]
     meltok-export verify BUNDLE -m MODEL
+    meltok-export triton BUNDLE -o REPO [--engines] [--max-batch-size B] [--cpu] [--trt-accelerator] [--force]
+
+``export`` and ``verify`` need torch (the `export` extra); ``triton`` needs only the bundle.
 """
 import json
 import logging
@@ -26,7 +29,8 @@ class _ExportByDefault(CommandGroup):
         return super().resolve_command(ctx, args)
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage(ctx.command_path, "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL")
+        formatter.write_usage(ctx.command_path,
+                              "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL | triton BUNDLE -o REPO")
 
 
 @click.group(cls=_ExportByDefault)
@@ -34,10 +38,14 @@ class _ExportByDefault(CommandGroup):
 @version_option
 def main(verbose):
     """Export a MelTok model to a bundle (ONNX graphs, optional TensorRT engines, manifest) that
-    meltok-rt runs without PyTorch; `export` is the default command. Needs the `export` extra."""
-    require_packages(("torch", "safetensors", "onnx"), "export")
+    meltok-rt runs without PyTorch; `export` is the default command (it and `verify` need the
+    `export` extra). `triton` writes a Triton Inference Server model repository from a bundle."""
     setup_logging(verbose)
     logging.getLogger("meltok_export").setLevel(logging.INFO)  # export steps take a while: show progress
+
+
+def _require_export_extra():
+    require_packages(("torch", "safetensors", "onnx"), "export")
 
 
 def _load_model(path):
@@ -72,6 +80,7 @@ def _load_model(path):
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
            timing_cache, force):
     """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
+    _require_export_extra()
     from .bundle import check_destination, export_bundle
 
     check_destination(output, force=force)  # before loading anything
@@ -98,6 +107,7 @@ def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_
 @user_errors
 def verify(bundle, model_path, as_json):
     """Rerun the verification of BUNDLE against MODEL (ONNX Runtime; TensorRT engines where available)."""
+    _require_export_extra()
     from .verify import verify_bundle
 
     report = verify_bundle(bundle, _load_model(model_path))
@@ -115,3 +125,41 @@ def verify(bundle, model_path, as_json):
         elif gpu:
             click.echo(f"{label}: passed: token agreement {gpu['token_agreement']:.2%} (with ort-cpu "
                        f"{gpu['vs_onnxruntime']['token_agreement']:.2%}), waveform SNR {gpu['waveform_snr_db']:.1f} dB")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Model repository folder to write: a new folder, or an earlier repository with --force.")
+@click.option("--engines", is_flag=True,
+              help="Serve the bundle's TensorRT engines (tensorrt_plan models) instead of its ONNX graphs.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
+              help="max_batch_size of the graph models [default: the bundle's max_batch, at most its engines'].")
+@click.option("--preferred-batch-size", "preferred", type=click.IntRange(min=1), multiple=True,
+              help="Dynamic batching's preferred batch size (repeatable) [default: 2, 4, ... up to max_batch_size].")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Longest wait of a request for others to batch with, in microseconds.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Instances of each graph model.")
+@click.option("--cpu", is_flag=True, help="Run the graph models on the CPU (KIND_CPU) instead of the GPU.")
+@click.option("--trt-accelerator", is_flag=True,
+              help="ONNX Runtime graph models with TensorRT as their GPU execution accelerator (FP32).")
+@click.option("--trt-fp16", is_flag=True,
+              help="With --trt-accelerator: TensorRT's FP16 mode, for the whole graph (the float32 islands "
+                   "included; not verified by meltok).")
+@click.option("--pipeline-instances", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Instances of the Python pipeline model (CPU): the requests it serves at once.")
+@click.option("-y", "--force", is_flag=True, help="Replace an earlier repository at REPO.")
+@user_errors
+def triton(bundle, output, engines, max_batch_size, preferred, max_queue_delay_us, instances, cpu, trt_accelerator,
+           trt_fp16, pipeline_instances, force):
+    """Write a Triton Inference Server model repository REPO from the bundle folder BUNDLE (no torch
+    needed): the encoder and decoder graph models and the `meltok` Python pipeline model."""
+    from .triton_repository import TritonOptions, describe, write_triton_repository
+
+    options = TritonOptions(engines=engines, max_batch_size=max_batch_size,
+                            preferred_batch_sizes=tuple(preferred) or None, max_queue_delay_us=max_queue_delay_us,
+                            instances=instances, cpu=cpu, trt_accelerator=trt_accelerator, trt_fp16=trt_fp16,
+                            pipeline_instances=pipeline_instances)
+    write_triton_repository(bundle, output, options, force=force)
+    click.echo(f"wrote {output}: start it with `tritonserver --model-repository {output}`\n{describe(output)}")

@@ -24,10 +24,9 @@ import numpy as np
 
 from meltok_runtime.backends import AUTO_ORDER, BACKENDS, backend_class
 from meltok_runtime.errors import BackendError, BundleError, MeltokError, ModelMismatchError
-from meltok_runtime.lengths import padded_length, token_columns
+from meltok_runtime.graph_codec import GraphCodec
 from meltok_runtime.manifest import Manifest, load_manifest
-from meltok_runtime.pipeline import CodecPipeline
-from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 log = logging.getLogger("meltok_runtime")
 
@@ -42,24 +41,24 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE
 
 
-class Codec(CodecPipeline):
+class Codec(GraphCodec):
     """MelTok from an export bundle. Create with ``Codec.open``; close with ``close()`` or ``with``.
 
-    Validation, resampling, windows, batching and trimming: ``pipeline.CodecPipeline``; this class
-    supplies the bundle's two graphs and its contract.
+    Validation, resampling, windows, batching and trimming: ``pipeline.CodecPipeline``; the bundle's
+    contract: ``graph_codec.GraphCodec``; this class opens the bundle's two graphs on a backend and
+    supplies them as the graph calls.
     """
 
     def __init__(self, bundle: Path, manifest: Manifest, backend: str, encoder, decoder, *,
                  window_seconds: float, context_seconds: float, skipped: dict | None = None):
         self.bundle = Path(bundle)
-        self.manifest = manifest
         self.backend = backend
         self.skipped = dict(skipped or {})  # backend name -> why ``auto`` did not pick it
         self._encoder, self._decoder = encoder, decoder
         self._encoder_io = (encoder.inputs[0], encoder.outputs[0])
         self._decoder_io = (decoder.inputs[0], decoder.outputs[0])
-        self.max_batch = int(manifest.limits.get("max_batch") or 0) or None
-        self.window_columns, self.context_columns = self.window_layout(window_seconds, context_seconds)
+        super().__init__(manifest, self._run_encoder, self._run_decoder, window_seconds=window_seconds,
+                         context_seconds=context_seconds)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -107,56 +106,6 @@ class Codec(CodecPipeline):
         raise BackendError("no backend can run this bundle here: "
                            + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
 
-    def window_limit(self) -> int | None:
-        """Columns per graph call the bundle's engines accept (``limits``), less one; None: no limit."""
-        limits = self.manifest.limits
-        limit = limits.get("max_columns")
-        if not limit and limits.get("max_seconds"):
-            samples = padded_length(int(limits["max_seconds"] * self.sample_rate), self.hop_length, self.compression)
-            limit = token_columns(samples, self.hop_length, self.compression)
-        # TensorRT profiles take at most ``limit`` columns (``max_samples``) per call. One column less
-        # keeps unpadded input (``pad=False``, up to 1791 samples past its last column) inside too.
-        return max(1, int(limit) - 1) if limit else None
-
-    @property
-    def windows(self) -> tuple[int, int]:
-        return self.window_columns, self.context_columns
-
-    # ----------------------------------------------------------------- contract
-    @property
-    def sample_rate(self) -> int:
-        return self.manifest.sample_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.manifest.hop_length
-
-    @property
-    def compression(self) -> int:
-        return self.manifest.compression
-
-    @property
-    def token_rows(self) -> int:
-        return self.manifest.token_rows
-
-    @property
-    def codebook_size(self) -> int:
-        return self.manifest.codebook_size
-
-    @property
-    def model_id(self) -> str:
-        return self.manifest.model_id
-
-    @property
-    def token_rate(self) -> float:
-        """Tokens per second, all rows."""
-        return self.manifest.token_rate
-
-    @property
-    def stream_contract(self) -> dict:
-        """The receptive field of time-local models, from the manifest (``{}`` for the reference architecture)."""
-        return self.manifest.streaming
-
     @property
     def is_open(self) -> bool:
         return self._encoder.is_open and self._decoder.is_open
@@ -164,35 +113,12 @@ class Codec(CodecPipeline):
     def __repr__(self) -> str:
         return f"<Codec {self.model_id} {self.backend} {str(self.bundle)!r}>"
 
-    # ------------------------------------------------------------------ user API
-    def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True, channels_last: bool = False,
-               progress: Progress | None = None) -> np.ndarray:
-        """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` -> int64 tokens ``[B, rows, T']``.
-
-        Other sample rates are resampled, channels mixed down; ``channels_last``: ``[N, C]`` or
-        ``[B, N, C]`` (``soundfile.read``'s layout). With ``pad`` the audio is zero-padded at the end
-        so that ``decode(tokens, num_samples=N)`` returns all N samples; ``pad=False`` pads only
-        audio shorter than one column. ``progress(done, total)`` is called after every graph call.
-        """
-        return self._encode_numpy(audio, sample_rate, pad=pad, channels_last=channels_last, windows=None,
-                                  progress=progress)
-
-    def decode(self, tokens, num_samples: int | None = None, *, sample_rate: int | None = None,
-               progress: Progress | None = None) -> np.ndarray:
-        """Tokens ``[rows, T']`` or ``[B, rows, T']`` -> float32 audio ``[B, N']``.
-
-        At the model's rate, ``N' = (compression * T' - 1) * hop``; ``sample_rate`` resamples the
-        result. ``num_samples`` (at that rate) trims it, or zero-pads it at the end by at most one
-        token column.
-        """
-        return self._decode_numpy(tokens, num_samples, sample_rate=sample_rate, windows=None, progress=progress)
-
     # ------------------------------------------------------------------ graph calls
-    def _encode_graph(self, audio: np.ndarray) -> np.ndarray:
+    def _run_encoder(self, audio: np.ndarray) -> np.ndarray:
         spec_in, spec_out = self._encoder_io
         return self._encoder.run({spec_in.name: audio.astype(spec_in.dtype, copy=False)})[spec_out.name]
 
-    def _decode_graph(self, tokens: np.ndarray) -> np.ndarray:
+    def _run_decoder(self, tokens: np.ndarray) -> np.ndarray:
         spec_in, spec_out = self._decoder_io
         return self._decoder.run({spec_in.name: tokens.astype(spec_in.dtype, copy=False)})[spec_out.name]
 
