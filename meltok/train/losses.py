@@ -138,17 +138,16 @@ class HeadFrameLoss(nn.Module):
     - ``head_if``: anti-wrapped error of the per-frame phase advance (instantaneous frequency);
     - ``head_gd``: anti-wrapped error of the phase difference between adjacent bins (group delay).
 
-    Phase terms are weighted by the target's magnitude divided by its mean over the frames of its
-    bin (floored at ``rel_floor`` times the mean over all bins), so every frequency counts alike
-    and within a frequency the louder frames count more; each term is 0 for the target's own STFT.
+    Phase terms are weighted by the target's magnitude (the smaller of the two bins or frames
+    compared), so the partials that carry pitch count and the random phase of quiet noise does
+    not; each term is 0 for the target's own STFT.
     """
 
     def __init__(self, n_fft: int = 1024, hop_length: int = 256, floor: float = 1e-5,
-                 max_magnitude: float = 100.0, rel_floor: float = 1e-4):
+                 max_magnitude: float = 100.0):
         super().__init__()
         self.stft = ConvSTFT(n_fft, hop_length)
         self.log_min, self.log_max = math.log(floor), math.log(max_magnitude)
-        self.rel_floor = rel_floor
 
     def forward(self, log_magnitude: torch.Tensor, phase: torch.Tensor, target: torch.Tensor):
         with float32_region(target):
@@ -161,9 +160,7 @@ class HeadFrameLoss(nn.Module):
             losses = {"head_logmag": F.l1_loss(torch.clamp(log_magnitude, self.log_min, self.log_max),
                                                torch.clamp(reference, max=self.log_max))}
             true_phase = torch.atan2(imag, real)
-            per_bin = magnitude.mean(dim=-1, keepdim=True)
-            floor = self.rel_floor * magnitude.mean(dim=(-2, -1), keepdim=True)
-            weight = magnitude / torch.maximum(per_bin, floor).clamp(min=1e-30)
+            weight = magnitude
             advance = anti_wrap(phase.diff(dim=-1) - true_phase.diff(dim=-1))
             losses["head_if"] = _weighted_mean(advance, torch.minimum(weight[..., 1:], weight[..., :-1]))
             delay = anti_wrap(phase.diff(dim=-2) - true_phase.diff(dim=-2))
