@@ -104,7 +104,9 @@ class Stage2Config:
     ``--init`` model or preset, ``"phase_advance"`` converts a reference head
     (``MelTok.with_vocoder_head``). A phase-advance head adds, on its own frames
     (``losses.HeadFrameLoss``), ``head_logmag_weight *`` log-magnitude L1 ``+ head_if_weight *``
-    anti-wrapped instantaneous-frequency error ``+ head_gd_weight *`` group-delay error.
+    anti-wrapped instantaneous-frequency error ``+ head_gd_weight *`` group-delay error (at the
+    defaults the instantaneous-frequency gradient on the head's deviations is about as large as
+    the log-mel L1's at ``mel_weight`` 45; at 40 the mel term dominated and the error grew).
 
     Learning rate: linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to 0 at
     ``TrainConfig.steps`` (for both optimisers).
@@ -133,7 +135,7 @@ class Stage2Config:
     gain_db_min: float = -24.0
     head: str | None = None
     head_logmag_weight: float = 10.0
-    head_if_weight: float = 40.0
+    head_if_weight: float = 200.0
     head_gd_weight: float = 0.0
 
     def __post_init__(self):
