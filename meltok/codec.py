@@ -17,7 +17,7 @@ from .modelfile import save_model_file
 from .official import load_official
 from .quantizer import VectorQuantizer
 from .tokenizer import Decoder2d, Encoder2d
-from .vocoder import PhaseAdvanceHead, VocosBackbone, build_head
+from .vocoder import VocosBackbone, build_head
 
 
 class MelTok(CodecPipeline, nn.Module):
@@ -173,12 +173,12 @@ class MelTok(CodecPipeline, nn.Module):
         rows and starts with zero deviation (bin-centre frequencies)."""
         if head == self.config.vocoder.head:
             return self
+        if (self.config.vocoder.head, head) != ("istft", "phase_advance"):
+            raise ConfigError(f"cannot initialise a {head!r} head from a {self.config.vocoder.head!r} head; "
+                              "supported: istft -> phase_advance")
         model = MelTok(head_variant(self.config, head)).to(self._device())
         state = {key: value for key, value in self.state_dict().items() if not key.startswith("head.")}
         model.load_state_dict(state, strict=False)
-        if not isinstance(model.head, PhaseAdvanceHead) or self.config.vocoder.head != "istft":
-            raise ConfigError(f"cannot initialise a {head!r} head from a {self.config.vocoder.head!r} head; "
-                              "supported: istft -> phase_advance")
         model.head.init_from_reference(self.head)
         return model.train(self.training)
 

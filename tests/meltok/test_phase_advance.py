@@ -152,6 +152,8 @@ def test_conversion_copies_weights_and_starts_at_bin_centres():
     _, deviation, _ = model.head.spectrum(features)
     assert not deviation.any()
     assert reference.with_vocoder_head("istft") is reference
+    with pytest.raises(ConfigError, match="cannot initialise"):
+        model.with_vocoder_head("istft")
 
 
 def test_head_frame_losses_vanish_on_the_target_only():
