@@ -9,14 +9,15 @@ from meltok_runtime.pipeline import CodecPipeline
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
 from . import receptive_field
-from .config import MelTokConfig, resolve_config
+from .config import MelTokConfig, head_variant, resolve_config
 from .frontend import MelFrontend
+from .errors import ConfigError
 from .loaders import load_model
 from .modelfile import save_model_file
 from .official import load_official
 from .quantizer import VectorQuantizer
 from .tokenizer import Decoder2d, Encoder2d
-from .vocoder import ISTFTHead, VocosBackbone
+from .vocoder import VocosBackbone, build_head
 
 
 class MelTok(CodecPipeline, nn.Module):
@@ -39,7 +40,7 @@ class MelTok(CodecPipeline, nn.Module):
         self.post_quant_conv = nn.Conv2d(tok.embedding_dim, tok.z_channels, 1)
         self.decoder = Decoder2d(tok)
         self.backbone = VocosBackbone(config.frontend.n_mels, config.vocoder)
-        self.head = ISTFTHead(config.vocoder)
+        self.head = build_head(config.vocoder)
         self.model_id = f"{config.name}:untrained"
         self.eval()
 
@@ -165,6 +166,21 @@ class MelTok(CodecPipeline, nn.Module):
     def save(self, path) -> str:
         """Write the model file atomically; returns and sets the new ``model_id``."""
         return save_model_file(self, path)
+
+    def with_vocoder_head(self, head: str) -> "MelTok":
+        """A new model with vocoder head ``head`` (``config.head_variant``), initialised from this one:
+        every other weight copied; a phase-advance head from a reference head takes its log-magnitude
+        rows and starts with zero deviation (bin-centre frequencies)."""
+        if head == self.config.vocoder.head:
+            return self
+        if (self.config.vocoder.head, head) != ("istft", "phase_advance"):
+            raise ConfigError(f"cannot initialise a {head!r} head from a {self.config.vocoder.head!r} head; "
+                              "supported: istft -> phase_advance")
+        model = MelTok(head_variant(self.config, head)).to(self._device())
+        state = {key: value for key, value in self.state_dict().items() if not key.startswith("head.")}
+        model.load_state_dict(state, strict=False)
+        model.head.init_from_reference(self.head)
+        return model.train(self.training)
 
     @classmethod
     def from_official(cls, stage1_path, stage2_path, *, allow_pickle: bool = False) -> "MelTok":

@@ -104,9 +104,19 @@ class TokenizerConfig:
         return self.level_resolution(level) in self.attn_resolutions
 
 
+REFERENCE_HEAD = "istft"
+VOCODER_HEADS = (REFERENCE_HEAD, "phase_advance")
+
+
 @dataclass(frozen=True)
 class VocoderConfig:
-    """Vocos ConvNeXt backbone and ISTFT head."""
+    """Vocos ConvNeXt backbone and a spectral head (``meltok.vocoder``).
+
+    ``head``: ``"istft"`` (reference: absolute phase per frame) or ``"phase_advance"`` (each bin's
+    phase advance as a bounded deviation from its centre frequency, integrated over frames, so
+    steady tones keep their pitch). The reference head is left out of the JSON, so configs and
+    model ids of files written before the field existed do not change.
+    """
 
     dim: int = 512
     intermediate_dim: int = 1536
@@ -114,10 +124,12 @@ class VocoderConfig:
     n_fft: int = 1024
     hop_length: int = 256
     max_magnitude: float = 100.0
+    head: str = REFERENCE_HEAD
 
     def __post_init__(self):
         _check(self.dim > 0 and self.intermediate_dim > 0 and self.num_layers >= 1,
                f"vocoder sizes must be positive, got {self.dim}, {self.intermediate_dim}, {self.num_layers}")
+        _check(self.head in VOCODER_HEADS, f"vocoder head must be one of {list(VOCODER_HEADS)}, got {self.head!r}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,10 @@ class MelTokConfig:
         return self.frontend.n_mels // self.tokenizer.compression
 
     def to_dict(self) -> dict:
-        return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
+        data = dataclasses.asdict(self)
+        if data["vocoder"]["head"] == REFERENCE_HEAD:  # as written before heads were configurable
+            del data["vocoder"]["head"]
+        return {"config_version": CONFIG_VERSION, **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -201,6 +216,14 @@ def local_variant(config: MelTokConfig) -> MelTokConfig:
     """``config`` as its time-local variant (name suffixed ``-local``): exact streaming and windowing."""
     return dataclasses.replace(config, name=f"{config.name}-local",
                                tokenizer=dataclasses.replace(config.tokenizer, time_local=True))
+
+
+def head_variant(config: MelTokConfig, head: str) -> MelTokConfig:
+    """``config`` with vocoder head ``head``; when the head changes, the name gets ``-HEAD`` (``-phase-advance``)."""
+    if head == config.vocoder.head:
+        return config
+    return dataclasses.replace(config, name=f"{config.name}-{head.replace('_', '-')}",
+                               vocoder=dataclasses.replace(config.vocoder, head=head))
 
 
 def edge_local() -> MelTokConfig:

@@ -1,4 +1,11 @@
-"""Token vocoder back end: Vocos ConvNeXt backbone and ISTFT head (reference names)."""
+"""Token vocoder back end: Vocos ConvNeXt backbone and spectral heads (reference names).
+
+Heads (``VocoderConfig.head``): ``ISTFTHead`` (reference: absolute phase per frame) and
+``PhaseAdvanceHead`` (phase advance per frame, integrated: DESIGN.md section 10).
+"""
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,3 +68,76 @@ class ISTFTHead(nn.Module):
         log_magnitude, phase = self.out(x).float().transpose(1, 2).chunk(2, dim=1)
         magnitude = torch.clamp(torch.exp(log_magnitude), max=self.max_magnitude)
         return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+
+def wrap_phase(phase: torch.Tensor) -> torch.Tensor:
+    """``phase`` wrapped to ``[-pi, pi)`` (any shape)."""
+    return phase - 2 * math.pi * torch.floor((phase + math.pi) / (2 * math.pi))
+
+
+class PhaseAdvanceHead(nn.Module):
+    """``features [B, T, dim] -> audio [B, (T - 1) * hop]`` with phase that accumulates over frames.
+
+    Per frame and bin ``k`` the linear layer gives the log-magnitude (as ``ISTFTHead``) and a
+    deviation ``d = pi * tanh(.)`` of the phase advance from the bin centre's advance
+    ``2 pi k hop / n_fft``. Frame ``t``'s phase is ``initial_phase + sum_{s <= t} d_s`` plus the
+    centre part ``2 pi k hop (t + 1) / n_fft`` taken modulo ``2 pi`` exactly (integer residues),
+    all in float32: ``initial_phase`` is the running phase of the frame before the first, so
+    a zero deviation gives bin-centre frequencies, and passing ``final_phase`` of one call as
+    the next call's ``initial_phase`` continues the phase across calls (windows, streams).
+    """
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        self.max_magnitude = config.max_magnitude
+        self.bins = config.n_fft // 2 + 1
+        self.out = nn.Linear(config.dim, 2 * self.bins)
+        self.istft = ConvISTFT(config.n_fft, config.hop_length)
+        common = math.gcd(config.hop_length, config.n_fft)
+        self.period = config.n_fft // common  # frames after which every centre phase is a multiple of 2 pi
+        step = (np.arange(self.bins) * (config.hop_length // common)) % self.period
+        self.register_buffer("centre_step", torch.from_numpy(step.astype(np.float32))[:, None], persistent=False)
+
+    def init_from_reference(self, head: ISTFTHead) -> None:
+        """Take ``head``'s log-magnitude rows; zero deviation rows (bin-centre frequencies)."""
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+            self.out.weight[:self.bins] = head.out.weight[:self.bins]
+            self.out.bias[:self.bins] = head.out.bias[:self.bins]
+
+    def spectrum(self, x: torch.Tensor, initial_phase: torch.Tensor | None = None):
+        """``features [B, T, dim] -> (log_magnitude, deviation, phase)``, each ``[B, n_fft // 2 + 1, T]``
+        float32; ``initial_phase [B, n_fft // 2 + 1]`` defaults to zeros; ``phase`` is not wrapped."""
+        log_magnitude, raw = self.out(x).float().transpose(1, 2).chunk(2, dim=1)
+        deviation = math.pi * torch.tanh(raw)
+        return log_magnitude, deviation, self.integrate(deviation, initial_phase)
+
+    def integrate(self, deviation: torch.Tensor, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        """Running phase ``[B, F, T]`` from deviations ``[B, F, T]`` (see the class docstring)."""
+        frames = torch.cumsum(torch.ones_like(deviation[:1, :1]), dim=-1)  # 1 .. T, exact in float32
+        residue = torch.remainder(self.centre_step * torch.remainder(frames, self.period), self.period)
+        phase = torch.cumsum(deviation, dim=-1) + residue * (2 * math.pi / self.period)
+        return phase if initial_phase is None else phase + initial_phase.float()[..., None]
+
+    def synthesize(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """``[B, F, T]`` log-magnitude and phase -> audio ``[B, (T - 1) * hop]``."""
+        magnitude = torch.clamp(torch.exp(log_magnitude), max=self.max_magnitude)
+        return self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+    def forward(self, x: torch.Tensor, initial_phase: torch.Tensor | None = None) -> torch.Tensor:
+        log_magnitude, _, phase = self.spectrum(x, initial_phase)
+        return self.synthesize(log_magnitude, phase)
+
+    def forward_with_state(self, x: torch.Tensor, initial_phase: torch.Tensor | None = None):
+        """``(audio [B, (T - 1) * hop], final_phase [B, F])``: the last frame's phase wrapped to ``[-pi, pi)``."""
+        log_magnitude, _, phase = self.spectrum(x, initial_phase)
+        return self.synthesize(log_magnitude, phase), wrap_phase(phase[..., -1])
+
+
+HEADS = {"istft": ISTFTHead, "phase_advance": PhaseAdvanceHead}
+
+
+def build_head(config: VocoderConfig) -> nn.Module:
+    """The head ``config.head`` names."""
+    return HEADS[config.head](config)

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PRESETS
+from ..config import PRESETS, VOCODER_HEADS
 from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
@@ -100,6 +100,14 @@ class Stage2Config:
     by a random gain uniform in ``[gain_db_min, 0]`` dB after the corpus' peak normalisation to
     -1..-6 dBFS, so quieter material is in the training distribution (0 = off).
 
+    ``head``: the vocoder head to train (``VocoderConfig.head``); ``None`` keeps the head of the
+    ``--init`` model or preset, ``"phase_advance"`` converts a reference head
+    (``MelTok.with_vocoder_head``). A phase-advance head adds, on its own frames
+    (``losses.HeadFrameLoss``), ``head_logmag_weight *`` log-magnitude L1 ``+ head_if_weight *``
+    anti-wrapped instantaneous-frequency error ``+ head_gd_weight *`` group-delay error (at the
+    defaults the instantaneous-frequency gradient on the head's deviations is about as large as
+    the log-mel L1's at ``mel_weight`` 45; at 40 the mel term dominated and the error grew).
+
     Learning rate: linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to 0 at
     ``TrainConfig.steps`` (for both optimisers).
     """
@@ -125,6 +133,10 @@ class Stage2Config:
     complex_weight: float = 1.0
     level_weight: float = 1.0
     gain_db_min: float = -24.0
+    head: str | None = None
+    head_logmag_weight: float = 10.0
+    head_if_weight: float = 200.0
+    head_gd_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("betas", "mpd_periods", "mpd_channels", "mrd_ffts", "mrstft_ffts", "phase_ffts"):
@@ -136,7 +148,10 @@ class Stage2Config:
         _check(self.weight_decay >= 0, f"stage2.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_steps >= 0 and self.gan_start_step >= 0, "stage2 step counts must be >= 0")
         _check(min(self.mel_weight, self.mrd_weight, self.fm_weight, self.mrstft_weight, self.phase_weight,
-                   self.ip_weight, self.complex_weight, self.level_weight) >= 0, "stage2 loss weights must be >= 0")
+                   self.ip_weight, self.complex_weight, self.level_weight, self.head_logmag_weight,
+                   self.head_if_weight, self.head_gd_weight) >= 0, "stage2 loss weights must be >= 0")
+        _check(self.head is None or self.head in VOCODER_HEADS,
+               f"stage2.head must be one of {list(VOCODER_HEADS)} (or none: keep the model's), got {self.head!r}")
         _check(self.gain_db_min <= 0, f"stage2.gain_db_min must be <= 0 dB (0 = off), got {self.gain_db_min}")
         _check(len(self.mpd_periods) >= 1 and all(p >= 1 for p in self.mpd_periods),
                f"stage2.mpd_periods must be periods >= 1, got {self.mpd_periods}")
@@ -343,7 +358,7 @@ def parse_override(text: str) -> tuple[str, str]:
 # CPU; ``edge`` at batch 8 trains there (the shipped model was trained so).
 CPU_DEFAULTS = {"preset": "edge", "batch_size": 8}
 
-ARCHITECTURE_FIELDS = ("stage", "preset", "stage1.perceptual", "stage2.gan", "stage2.mpd_periods",
+ARCHITECTURE_FIELDS = ("stage", "preset", "stage1.perceptual", "stage2.gan", "stage2.head", "stage2.mpd_periods",
                        "stage2.mpd_channels", "stage2.mrd_ffts", "stage2.mrd_channels")
 
 

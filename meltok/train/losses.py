@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 from meltok_runtime.errors import ModelFileError
 
+from ..spectral import ConvSTFT
+
 log = logging.getLogger(__name__)
 
 
@@ -122,6 +124,52 @@ class PhaseLoss(nn.Module):
                 td = anti_wrap(phase_pred.diff(dim=-1) - phase_ref.diff(dim=-1))
                 terms["td"] = terms["td"] + self._weighted(td, torch.minimum(weight[..., 1:], weight[..., :-1]))
         return {name: value / len(self.ffts) for name, value in terms.items()}
+
+
+class HeadFrameLoss(nn.Module):
+    """Supervision of a phase-advance head on its own frames: head frame ``t`` is frame ``t`` of the
+    target's STFT (``n_fft``, ``hop``, centred, periodic Hann: the head's grid).
+
+    Terms (``forward(log_magnitude [B, F, T], phase [B, F, T], target [B, N]) -> {"head_logmag",
+    "head_if", "head_gd"}``; the head's running phase, unwrapped or not):
+
+    - ``head_logmag``: L1 of log-magnitudes, both clamped to ``[ln floor, ln max_magnitude]``
+      (what the head can synthesise);
+    - ``head_if``: anti-wrapped error of the per-frame phase advance (instantaneous frequency);
+    - ``head_gd``: anti-wrapped error of the phase difference between adjacent bins (group delay).
+
+    Phase terms are weighted by the target's magnitude (the smaller of the two bins or frames
+    compared), so the partials that carry pitch count and the random phase of quiet noise does
+    not; each term is 0 for the target's own STFT.
+    """
+
+    def __init__(self, n_fft: int = 1024, hop_length: int = 256, floor: float = 1e-5,
+                 max_magnitude: float = 100.0):
+        super().__init__()
+        self.stft = ConvSTFT(n_fft, hop_length)
+        self.log_min, self.log_max = math.log(floor), math.log(max_magnitude)
+
+    def forward(self, log_magnitude: torch.Tensor, phase: torch.Tensor, target: torch.Tensor):
+        with float32_region(target):
+            real, imag = self.stft(target.float())
+            frames = min(log_magnitude.shape[-1], real.shape[-1])
+            real, imag = real[..., :frames], imag[..., :frames]
+            log_magnitude, phase = log_magnitude[..., :frames].float(), phase[..., :frames].float()
+            magnitude = torch.sqrt(real * real + imag * imag)
+            reference = torch.log(torch.clamp(magnitude, min=math.exp(self.log_min)))
+            losses = {"head_logmag": F.l1_loss(torch.clamp(log_magnitude, self.log_min, self.log_max),
+                                               torch.clamp(reference, max=self.log_max))}
+            true_phase = torch.atan2(imag, real)
+            weight = magnitude
+            advance = anti_wrap(phase.diff(dim=-1) - true_phase.diff(dim=-1))
+            losses["head_if"] = _weighted_mean(advance, torch.minimum(weight[..., 1:], weight[..., :-1]))
+            delay = anti_wrap(phase.diff(dim=-2) - true_phase.diff(dim=-2))
+            losses["head_gd"] = _weighted_mean(delay, torch.minimum(weight[:, 1:], weight[:, :-1]))
+        return losses
+
+
+def _weighted_mean(error: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (error * weight).sum() / torch.clamp(weight.sum(), min=1e-12)
 
 
 class ComplexSTFTLoss(nn.Module):

@@ -20,7 +20,8 @@ from torch import nn
 from .. import metrics
 from . import distributed
 from .discriminators import Discriminators
-from .losses import (ComplexSTFTLoss, LevelLoss, MultiResolutionSTFTLoss, PhaseLoss, discriminator_hinge,
+from ..vocoder import PhaseAdvanceHead
+from .losses import (ComplexSTFTLoss, HeadFrameLoss, LevelLoss, MultiResolutionSTFTLoss, PhaseLoss, discriminator_hinge,
                      feature_matching, float32_region, generator_hinge, mel_l1)
 from .stage import Stage, adamw, cosine_schedule
 
@@ -32,9 +33,10 @@ FROZEN_PREFIXES = ("encoder.", "quant_conv.", "quantizer.")
 class VocoderNet(nn.Module):
     """The stage-2 generator as one module (what DDP wraps).
 
-    ``forward(audio [B, N]) -> (audio_hat [B, L], tokens [B, R, T'])`` with
-    ``L = (c * T' - 1) * hop``. Tokens come from the frozen encoder without gradients; the
-    log-mel, VQ and ISTFT head run in float32 even under autocast.
+    ``forward(audio [B, N]) -> (audio_hat [B, L], tokens [B, R, T'], frames)`` with
+    ``L = (c * T' - 1) * hop``; ``frames``: for a phase-advance head its ``(log_magnitude, phase)``
+    ``[B, n_fft // 2 + 1, c * T']``, else ``None``. Tokens come from the frozen encoder without
+    gradients; the log-mel, VQ and head run in float32 even under autocast.
     """
 
     def __init__(self, model):
@@ -52,8 +54,10 @@ class VocoderNet(nn.Module):
                 codes = model.quantizer.lookup(tokens)
         features = model.backbone(model.decode_features(codes))
         with float32_region(audio):
-            audio_hat = model.head(features.float())
-        return audio_hat, tokens
+            if isinstance(model.head, PhaseAdvanceHead):
+                log_magnitude, _, phase = model.head.spectrum(features.float())
+                return model.head.synthesize(log_magnitude, phase), tokens, (log_magnitude, phase)
+            return model.head(features.float()), tokens, None
 
 
 class Stage2(Stage):
@@ -69,6 +73,9 @@ class Stage2(Stage):
         self.phase = PhaseLoss(cfg.phase_ffts).to(device)
         self.complex_stft = ComplexSTFTLoss(cfg.mrstft_ffts).to(device)
         self.level = LevelLoss().to(device)
+        vocoder = model.config.vocoder
+        self.head_frames = HeadFrameLoss(vocoder.n_fft, vocoder.hop_length,
+                                         max_magnitude=vocoder.max_magnitude).to(device)
         generator = [p for p in model.parameters() if p.requires_grad]
         self.optimizers["generator"] = adamw(generator, cfg.lr, cfg.betas, cfg.weight_decay)
         self.schedulers["generator"] = cosine_schedule(self.optimizers["generator"], cfg.warmup_steps, config.steps)
@@ -93,12 +100,19 @@ class Stage2(Stage):
         if "discriminators" in self.modules:
             self.modules["discriminators"].train()
 
-    def _spectral_losses(self, audio_hat: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The log-mel L1 and the terms of ``Stage2Config`` with a non-zero weight (unweighted)."""
+    def _spectral_losses(self, audio_hat: torch.Tensor, audio: torch.Tensor, frames) -> dict[str, torch.Tensor]:
+        """The log-mel L1 and the terms of ``Stage2Config`` with a non-zero weight (unweighted);
+        ``frames``: the head's ``(log_magnitude, phase)`` or ``None`` (``VocoderNet``)."""
         cfg = self.config.stage2
         with float32_region(audio):
+            if frames is not None:
+                losses = self.head_frames(*frames, audio)
+                if not cfg.head_gd_weight:
+                    del losses["head_gd"]
+            else:
+                losses = {}
             mel_hat, mel = self.model.log_mel(audio_hat.float()), self.model.log_mel(audio.float())
-            losses = {"mel_l1": mel_l1(mel_hat, mel)}
+            losses["mel_l1"] = mel_l1(mel_hat, mel)
             if cfg.phase_weight or cfg.ip_weight:
                 losses.update(self.phase(audio_hat, audio))
             if cfg.complex_weight:
@@ -110,7 +124,9 @@ class Stage2(Stage):
     def _weighted_sum(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config.stage2
         weights = {"mel_l1": cfg.mel_weight, "ip": cfg.ip_weight, "gd": cfg.phase_weight,
-                   "td": cfg.phase_weight, "complex_stft": cfg.complex_weight, "level": cfg.level_weight}
+                   "td": cfg.phase_weight, "complex_stft": cfg.complex_weight, "level": cfg.level_weight,
+                   "head_logmag": cfg.head_logmag_weight, "head_if": cfg.head_if_weight,
+                   "head_gd": cfg.head_gd_weight}
         return sum(weights[name] * value for name, value in losses.items())
 
     def _random_gain(self, audio: torch.Tensor) -> torch.Tensor:
@@ -125,7 +141,7 @@ class Stage2(Stage):
         cfg = self.config.stage2
         audio = self._random_gain(audio)
         with self.autocast():
-            audio_hat, tokens = self.net(audio)
+            audio_hat, tokens, frames = self.net(audio)
         real = audio[..., :audio_hat.shape[-1]]
         scalars: dict[str, torch.Tensor] = {}
         gan_active = self.disc is not None and step > cfg.gan_start_step
@@ -141,7 +157,7 @@ class Stage2(Stage):
             d_optimizer.step()
             scalars.update({"train/disc": d_loss.detach(), "train/disc_mpd": d_mpd.detach(),
                             "train/disc_mrd": d_mrd.detach()})
-        losses = self._spectral_losses(audio_hat, real)
+        losses = self._spectral_losses(audio_hat, real, frames)
         g_loss = self._weighted_sum(losses)
         if gan_active:
             with distributed.no_sync(self.disc), self.autocast():
@@ -174,9 +190,9 @@ class Stage2(Stage):
     def validate(self, audio: torch.Tensor):
         net = distributed.unwrap(self.net)
         with self.autocast():
-            audio_hat, tokens = net(audio)
+            audio_hat, tokens, frames = net(audio)
         real = audio[..., :audio_hat.shape[-1]]
-        scalars = {f"val/{name}": value for name, value in self._spectral_losses(audio_hat, real).items()}
+        scalars = {f"val/{name}": value for name, value in self._spectral_losses(audio_hat, real, frames).items()}
         scalars["val/mrstft"] = self.mrstft(audio_hat, real)
         scalars.update(artefact_scalars(real, audio_hat))
         return scalars, tokens

@@ -172,10 +172,14 @@ class Trainer:
             if model.config != resolve_config(config.preset) and preset_of(model.config) is None:
                 log.warning("the --init model (%s) is not preset %r: training the init model's architecture",
                             model.config.name, config.preset)
-            return model
-        if config.stage == "stage2":
-            log.warning("stage 2 without --init: the frozen encoder and codebook are random")
-        return MelTok.from_config(config.preset)
+        else:
+            if config.stage == "stage2":
+                log.warning("stage 2 without --init: the frozen encoder and codebook are random")
+            model = MelTok.from_config(config.preset)
+        if config.stage == "stage2" and config.stage2.head not in (None, model.config.vocoder.head):
+            log.info("vocoder head %r -> %r", model.config.vocoder.head, config.stage2.head)
+            model = model.with_vocoder_head(config.stage2.head)
+        return model
 
     def _validation_crops(self) -> np.ndarray | None:
         if self.config.val_crops == 0:
