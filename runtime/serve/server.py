@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
 import uvicorn
@@ -23,6 +24,14 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state, drain_seconds: float):
         super().__init__(config)
         self.state, self.drain_seconds = state, drain_seconds
+
+    def handle_exit(self, sig, frame) -> None:
+        """As uvicorn's, without recording the signal to raise it again after the shutdown: SIGTERM is this
+        server's normal way to stop, and it exits 0 (a second SIGINT still forces the exit)."""
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:  # stop accepting at once
