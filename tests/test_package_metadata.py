@@ -78,3 +78,9 @@ def test_readme_commands_install_an_onnx_runtime(metadata):
     installed = re.search(r"pip install -e '\.\[([a-z,-]+)\]'", first)
     assert installed, first
     assert any("onnxruntime" in extras[name] for name in installed.group(1).split(","))
+
+
+def test_serve_extra_brings_the_server_and_client_and_all_includes_it(metadata):
+    _, extras = metadata
+    assert {"starlette", "uvicorn", "websockets", "prometheus-client", "httpx"} == set(extras["serve"])
+    assert set(extras["serve"]) | {"ray[serve]"} <= set(extras["all"]) and "ray[serve]" in extras["serve-ray"]

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.io.tokenfile import tokens_to_bytes
@@ -274,7 +274,7 @@ async def _stream(state: ServeState, websocket: WebSocket, kind: str) -> None:
         await _close_with_error(state, websocket, endpoint, str(error), error.close_code)
     except MeltokError as error:
         await _close_with_error(state, websocket, endpoint, str(error), protocol.CLOSE_BAD_DATA)
-    except _Disconnected:
+    except (_Disconnected, WebSocketDisconnect, OSError):  # the client went away (OSError: while we sent)
         pass
     except Exception as error:
         log.exception("%s failed", endpoint)

@@ -1,5 +1,6 @@
 """``meltok-rt serve`` over real loopback connections: offline endpoints against the CLI, streams against
 the stream API, and the protection (errors, limits, idle and oversized frames, disconnects, fuzz)."""
+import contextlib
 import io
 import json
 import subprocess
@@ -256,16 +257,17 @@ def active_streams(url) -> float:
 def test_streams_beyond_the_limit_try_later_and_disconnects_free_their_state(url, server, codec, speech):
     tokens = codec.encode(speech[:RATE])[0]
     ws_url = f"{url.replace('http', 'ws')}/v1/stream/decode"
-    opened = [connect(ws_url) for _ in range(LIMITS["max_streams"])]
-    for ws in opened:  # mid-stream: options and a few columns, no flush
-        ws.send("{}")
-        ws.send(token_frame(tokens[:, :6]))
-    assert active_streams(url) == LIMITS["max_streams"]
-    with connect(ws_url) as extra:
-        error, code = closed_with(extra)
-    assert code == 1013 and "limit of 3 streams" in error
-    for ws in opened:  # clients that vanish mid-stream
-        ws.socket.close()
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(connect(ws_url)) for _ in range(LIMITS["max_streams"])]
+        for ws in opened:  # mid-stream: options and a few columns, no flush
+            ws.send("{}")
+            ws.send(token_frame(tokens[:, :6]))
+        assert active_streams(url) == LIMITS["max_streams"]
+        with connect(ws_url) as extra:
+            error, code = closed_with(extra)
+        assert code == 1013 and "limit of 3 streams" in error
+        for ws in opened:  # clients that vanish mid-stream, without a close frame
+            ws.socket.close()
     deadline = time.monotonic() + 10
     while active_streams(url) and time.monotonic() < deadline:
         time.sleep(0.05)
