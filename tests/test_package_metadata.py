@@ -87,4 +87,4 @@ def test_serve_extra_brings_the_server_and_client_and_all_includes_it(metadata):
     parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",), inline_comment_prefixes=None)
     parser.read(ROOT / "setup.cfg")
     for extra in ("all", "serve-ray", "test"):  # the parser above keys ray[data] and ray[serve] both as "ray"
-        assert "ray[serve]" in parser["options.extras_require"][extra].split(), extra
+        assert "ray[serve]>=2.51" in parser["options.extras_require"][extra].split(), extra
