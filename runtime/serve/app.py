@@ -32,7 +32,7 @@ from meltok_runtime.serve import protocol
 from meltok_runtime.serve.batcher import BatchedCodec
 from meltok_runtime.serve.metrics import ServeMetrics
 from meltok_runtime.serve.offline import decode_body, encode_body, tokens_json
-from meltok_runtime.serve.protocol import ProtocolError, RequestError
+from meltok_runtime.serve.protocol import ProtocolError
 from meltok_runtime.serve.sessions import PUSH_COLUMNS, DecodeSession, EncodeSession
 
 log = logging.getLogger("meltok_runtime")

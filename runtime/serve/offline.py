@@ -8,7 +8,6 @@ bytes, or its JSON form, -> the audio ``meltok-rt decode`` writes (WAV float32 b
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 
@@ -18,8 +17,6 @@ from meltok_runtime.io.pcm import INPUT_FORMATS
 from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, tokens_from_bytes
 from meltok_runtime.pipeline import CodecPipeline
 from meltok_runtime.serve.protocol import RequestError, pcm_bytes
-
-log = logging.getLogger("meltok_runtime")
 
 AUDIO_FORMATS = {"wav": ".wav", "flac": ".flac"}  # file formats of /v1/decode; raw: s16le, f32le
 RAW_FORMATS = tuple(INPUT_FORMATS)

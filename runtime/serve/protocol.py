@@ -25,7 +25,6 @@ from meltok_runtime.errors import (AudioInputError, BadMagicError, CodeRangeErro
                                    SettingsError, TokenFileError, TokenInputError)
 from meltok_runtime.io.pcm import INPUT_FORMATS, to_s16
 
-CLOSE_NORMAL = 1000
 CLOSE_BAD_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009

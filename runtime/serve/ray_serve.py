@@ -6,14 +6,11 @@ Batching happens inside a replica, not across replicas.
 """
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 
 from meltok_runtime.optional import import_optional
 from meltok_runtime.serve.app import ServeConfig, create_app
-
-log = logging.getLogger("meltok_runtime")
 
 INSTALL = "pip install -e '.[serve,serve-ray]'"
 APP_NAME = "meltok"

@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def test_client_encode_and_decode_match_the_library(url, codec, speech):
         np.testing.assert_array_equal(token_file.tokens, codec.encode(speech))
         decoded = client.decode(token_file.tokens, len(speech))
     np.testing.assert_array_equal(decoded, codec.decode(token_file.tokens, num_samples=len(speech))[0])
+    with Client(url) as client:
+        token_bytes = client.encode_file_bytes(sf_bytes(speech))
+        flac, rate = sf.read(io.BytesIO(client.decode_file_bytes(token_bytes, "flac")), dtype="float32")
+    assert rate == RATE and flac.shape == speech.shape
+    np.testing.assert_allclose(flac, decoded, atol=2 ** -22)  # 24-bit FLAC of the same samples
+
+
+def sf_bytes(audio) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("endpoint,body,params,status,words", [
@@ -306,3 +318,23 @@ def test_client_raises_the_servers_message(url):
     with Client(url) as client, pytest.raises(ServeError, match="outside the codebook") as caught:
         client.stream_decode(np.full((12, 4), 9000))
     assert caught.value.status == 1003
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    from .conftest import LONG_MUSIC
+
+    with running_server(max_queue=1) as (url, state):
+        answers = {}
+
+        def long_request():
+            answers["first"] = httpx.post(f"{url}/v1/encode", content=LONG_MUSIC.read_bytes(), timeout=300)
+
+        first = threading.Thread(target=long_request)
+        first.start()
+        deadline = time.monotonic() + 30
+        while state.pending == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = httpx.post(f"{url}/v1/decode", content=b"MELTOK", timeout=60)
+        first.join(300)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1" and "busy" in busy.json()["error"]
+    assert answers["first"].status_code == 200
