@@ -78,3 +78,13 @@ def test_readme_commands_install_an_onnx_runtime(metadata):
     installed = re.search(r"pip install -e '\.\[([a-z,-]+)\]'", first)
     assert installed, first
     assert any("onnxruntime" in extras[name] for name in installed.group(1).split(","))
+
+
+def test_serve_extra_brings_the_server_and_client_and_all_includes_it(metadata):
+    _, extras = metadata
+    assert {"starlette", "uvicorn", "websockets", "prometheus-client", "httpx"} == set(extras["serve"])
+    assert set(extras["serve"]) <= set(extras["all"])
+    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",), inline_comment_prefixes=None)
+    parser.read(ROOT / "setup.cfg")
+    for extra in ("all", "serve-ray", "test"):  # the parser above keys ray[data] and ray[serve] both as "ray"
+        assert "ray[serve]>=2.51" in parser["options.extras_require"][extra].split(), extra

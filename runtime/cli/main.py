@@ -13,7 +13,7 @@ import click
 
 from meltok_runtime.backends import BACKEND_CHOICES
 from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
-                          force_option, original_rate_option, progress_bar, setup_logging, stdin_options,
+                          force_option, original_rate_option, progress_bar, require_packages, setup_logging, stdin_options,
                           stream_options, subtype_option, user_errors, verbose_option, version_option)
 
 log = logging.getLogger("meltok_runtime")
@@ -32,15 +32,19 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _open_codec(bundle, backend, threads):
-    from meltok_runtime.codec import Codec
-
+def _checked_threads(threads):
     cores = _usable_cores()
     if threads is not None and threads > cores:  # oversubscribed threads run many times slower
         log.warning("--threads %d is more than the %d CPU core(s) this process may use: using %d", threads, cores,
                     cores)
         threads = cores
-    codec = Codec.open(bundle, backend=backend, threads=threads)
+    return threads
+
+
+def _open_codec(bundle, backend, threads):
+    from meltok_runtime.codec import Codec
+
+    codec = Codec.open(bundle, backend=backend, threads=_checked_threads(threads))
     log.info("using backend %s", codec.backend)
     return codec
 
@@ -193,3 +197,48 @@ def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, for
         click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
     click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "
                f"{len(summary['failures'])} failed")
+
+
+@main.command()
+@bundle_option
+@backend_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Items per graph call (1: every call alone); at most the bundle's max_batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a graph call waits for others of its shape to share it.")
+@click.option("--max-streams", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Open WebSocket streams; more are closed with 1013 (try again later).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Offline requests served at once; more get 503 with Retry-After.")
+@threads_option
+@click.option("--token", envvar="MELTOK_SERVE_TOKEN", default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but /health (env MELTOK_SERVE_TOKEN).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run as a Ray Serve deployment: on a local instance, or the cluster at ADDRESS.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: replicas of the deployment, each with its own codec.")
+@user_errors
+def serve(bundle, backend, host, port, max_batch, max_wait_ms, max_streams, max_queue, threads, token, ray_address,
+          replicas):
+    """Serve the codec over HTTP and WebSocket (README, "Serving"): /health, /metrics, /v1/encode, /v1/decode,
+    /v1/stream/decode, /v1/stream/encode; SIGTERM drains and exits 0."""
+    require_packages(["starlette", "uvicorn", "prometheus_client", "websockets"], "serve")
+    from meltok_runtime.serve.app import ServeConfig
+
+    config = ServeConfig(bundle=bundle, backend=backend, threads=_checked_threads(threads), max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, max_streams=max_streams, max_queue=max_queue, token=token)
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        log.warning("serving on %s without --token: anyone who can reach this address can use it", host)
+    if ray_address is not None:
+        require_packages(["ray"], "serve-ray")
+        from meltok_runtime.serve.ray_serve import run_ray
+
+        click.echo(f"serving on Ray Serve at http://{host}:{port} ({replicas} replica(s)); Ctrl-C stops", err=True)
+        run_ray(config, address=ray_address, replicas=replicas, host=host, port=port)
+        return
+    from meltok_runtime.serve.server import run
+
+    click.echo(f"serving on http://{host}:{port}", err=True)
+    run(config, host=host, port=port)

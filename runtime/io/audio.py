@@ -3,6 +3,7 @@
 Arrays are float32 with time last: a file is ``[C, N]`` (channels, samples), a model input is
 ``[B, N]`` (batch of mono signals).
 """
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,37 @@ def load_audio(path) -> tuple[np.ndarray, int]:
         raise AudioInputError(f"{str(path)!r} is a directory; expected an audio file")
     if path.stat().st_size == 0:
         raise AudioInputError(f"audio file {str(path)!r} is empty (0 bytes); expected an audio file")
+    return _read(path, repr(str(path)))
+
+
+def read_audio_bytes(data: bytes, name: str = "the request body") -> tuple[np.ndarray, int]:
+    """Read the bytes of an audio file (any format ``load_audio`` reads) as float32 ``[C, N]`` and its rate."""
+    if not data:
+        raise AudioInputError(f"audio file {name} is empty (0 bytes); expected an audio file")
+    return _read(io.BytesIO(data), name)
+
+
+def audio_bytes(audio, sample_rate: int, suffix: str = ".wav", *, subtype: str | None = None) -> bytes:
+    """The bytes ``write_audio`` writes for a file with ``suffix`` (float ``[N]`` or ``[C, N]`` audio)."""
+    buffer = io.BytesIO()
+    sample_rate = _check_rate(sample_rate, "sample_rate")
+    container, subtype = output_format(f"audio{suffix}", subtype)
+    sf.write(buffer, _frames(audio), sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def _read(source, name: str) -> tuple[np.ndarray, int]:
     try:
-        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+        data, sample_rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if reason.startswith("Error opening ") and ": " in reason:  # soundfile names the source: we do
+            reason = reason.rsplit(": ", 1)[1]
         raise AudioInputError(
-            f"cannot read {str(path)!r} as audio ({reason}); readable formats: "
+            f"cannot read {name} as audio ({reason}); readable formats: "
             f"{', '.join(sorted(sf.available_formats()))}; convert the file to WAV or FLAC") from err
     if data.shape[0] == 0:
-        raise AudioInputError(f"audio file {str(path)!r} contains no samples; expected at least one")
+        raise AudioInputError(f"audio file {name} contains no samples; expected at least one")
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
@@ -101,6 +124,18 @@ def write_audio(path, audio, sample_rate: int, *, subtype: str | None = None) ->
     """
     sample_rate = _check_rate(sample_rate, "sample_rate")
     container, subtype = output_format(path, subtype)
+    frames = _frames(audio)
+    try:
+        # The format is named, so the temporary needs no audio suffix: a stale one left by a killed
+        # process is then never taken for audio by a folder scan (``*.flac``, ``meltok data build``).
+        with atomic_output(path) as tmp:
+            sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
+    except (sf.SoundFileError, OSError) as err:
+        raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err
+
+
+def _frames(audio) -> np.ndarray:
+    """Checked float ``[N]`` or ``[C, N]`` audio as the float32 ``[N, C]`` frames soundfile writes."""
     audio = np.asarray(audio)
     if audio.ndim not in (1, 2) or not np.issubdtype(audio.dtype, np.floating):
         raise AudioInputError(
@@ -111,14 +146,7 @@ def write_audio(path, audio, sample_rate: int, *, subtype: str | None = None) ->
             f"{_MAX_CHANNELS} channels (transpose an [N, C] array)")
     audio = audio.astype(np.float32, copy=False)
     _check_finite(audio, "write_audio")
-    frames = audio.reshape(-1, audio.shape[-1]).T
-    try:
-        # The format is named, so the temporary needs no audio suffix: a stale one left by a killed
-        # process is then never taken for audio by a folder scan (``*.flac``, ``meltok data build``).
-        with atomic_output(path) as tmp:
-            sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
-    except (sf.SoundFileError, OSError) as err:
-        raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err
+    return audio.reshape(-1, audio.shape[-1]).T
 
 
 def output_format(path, subtype: str | None = None) -> tuple[str, str]:
