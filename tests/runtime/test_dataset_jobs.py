@@ -127,6 +127,15 @@ def running(pid: int) -> bool:
         return False
 
 
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, or "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_job_leaves_no_worker_behind_and_the_rerun_does_every_item_once(stop, many_clips, tmp_path):
     output = tmp_path / "ds"
@@ -156,6 +165,34 @@ def test_a_stopped_job_leaves_no_worker_behind_and_the_rerun_does_every_item_onc
     assert "40 items" in finished.stdout and "0 failed" in finished.stdout
     ids = open_dataset(output).ids()
     assert len(ids) == len(set(ids)) == 40  # every item exactly once
+
+
+def test_a_dead_worker_stops_the_job_with_one_line_and_the_rerun_does_its_items(many_clips, tmp_path):
+    output = tmp_path / "ds"
+    command = [*CLI, "tokenize", str(many_clips), "-o", str(output), "--workers", "2", "--shard-rows", "3",
+               "--backend", "ort-cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal, deadline = output / "journal.jsonl", time.monotonic() + 300
+    workers = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = {pid for pid in descendants(process.pid) if running(pid) and "spawn_main" in command_line(pid)}
+        if len(workers) == 2 and journal.is_file() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(min(workers), signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    _, stderr = process.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert process.returncode == 1 and len(errors) == 1, stderr
+    assert "an encoder worker process" in errors[0] and "BrokenProcessPool" in errors[0]
+    assert "none was marked failed" in errors[0] and "run the same command again to resume" in errors[0]
+    info = json.loads((output / "dataset.json").read_text())
+    assert info["failures"] == [] and not info["complete"] and info["counts"]["items"] < 40
+    assert not [pid for pid in workers if running(pid)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "40 items" in finished.stdout and "0 failed" in finished.stdout
+    ids = open_dataset(output).ids()
+    assert len(ids) == len(set(ids)) == 40
 
 
 def test_ray_actors_are_sized_from_the_cluster_nodes_not_the_driver(monkeypatch):
