@@ -81,14 +81,18 @@ class DatasetWriter:
             folder.mkdir()
             fsync_directory(folder.parent)
         writer._lock()
-        info = read_info(folder)  # again, under the lock: another job may have finished meanwhile
-        if info is not None:
-            writer._check_same(info)
-            writer._replay()
-        writer._write_info(complete=False)
-        if not (folder / SHARD_FOLDER).is_dir():
-            (folder / SHARD_FOLDER).mkdir()
-            fsync_directory(folder)
+        try:
+            info = read_info(folder)  # again, under the lock: another job may have finished meanwhile
+            if info is not None:
+                writer._check_same(info)
+                writer._replay()
+            writer._write_info(complete=False)
+            if not (folder / SHARD_FOLDER).is_dir():
+                (folder / SHARD_FOLDER).mkdir()
+                fsync_directory(folder)
+        except BaseException:
+            writer.release()
+            raise
         return writer
 
     # ----------------------------------------------------------------- resume

@@ -92,6 +92,8 @@ def test_a_damaged_middle_journal_line_stops_the_resume_and_deletes_nothing(loca
     assert_one_line_error(result, "line 2 of")
     assert "later lines are intact" in result.stderr and "restore the journal" in result.stderr
     assert _snapshot(dataset) == before  # no committed shard deleted or rewritten, the journal untouched
+    again = run_cli("tokenize", clips, "-o", dataset, "--backend", "ort-cpu", "--shard-rows", 2)
+    assert_one_line_error(again, "line 2 of")  # the same answer: the refused run let go of the dataset's lock
 
 
 def test_a_torn_last_line_is_still_cut_off_and_its_work_redone(tmp_path):
