@@ -100,7 +100,8 @@ def _open_worker(bundle, backend, threads, parent: int):
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: have the kernel SIGKILL this process when the main process dies (even by SIGKILL)."""
+    """Linux: have the kernel SIGKILL this process when the main process dies, even by SIGKILL (strictly: when
+    the thread that started it ends; that is the thread running the job, which outlives its workers)."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
