@@ -79,3 +79,26 @@ class MetricUnavailable(MeltokError, RuntimeError):
 
 class StreamClosedError(MeltokError, RuntimeError):
     """A stream used after ``flush()`` closed it."""
+
+
+class SourceError(MeltokError, ValueError):
+    """A source list of a tokenize job that cannot be turned into items: missing paths, bad manifests,
+    duplicate ids."""
+
+
+class DatasetError(MeltokError, ValueError):
+    """A dataset folder that cannot be read or extended (missing, corrupt, another model's)."""
+
+
+class ItemError(MeltokError, ValueError):
+    """One item's own data cannot be tokenized (unreadable, empty, NaN, too short); ``str(error)`` is the
+    one-line reason a job records for that item before going on."""
+
+
+class WorkerError(MeltokError, RuntimeError):
+    """A fault of the job, not of an item (a backend error, out of memory, a dead worker): the job stops,
+    records nothing for the items in flight, and the same command resumes it."""
+
+
+class ClusterError(MeltokError, RuntimeError):
+    """Ray could not be started or reached at the given address, or its nodes cannot hold the actors asked for."""

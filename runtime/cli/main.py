@@ -151,21 +151,26 @@ def info(path, backend, threads):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Encoder processes (Ray: actors), each with cores / workers threads.")
 @threads_option
-@click.option("--shard-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Items per Parquet shard.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Most items per Parquet shard.")
+@click.option("--commit-seconds", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True,
+              help="Commit a shard at least this often, so a kill loses at most about this much work.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray Data: a local instance, or the cluster at ADDRESS (e.g. auto, ray://head:10001).")
 @click.option("--actors-per-gpu", type=click.IntRange(min=1), default=2, show_default=True,
               help="Ray with --backend ort-cuda or trt: encoder actors sharing one GPU.")
 @user_errors
-def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
-    """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
+def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, commit_seconds, ray_address,
+             actors_per_gpu):
+    """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable
+    (Ctrl-C and SIGTERM stop it cleanly)."""
     from meltok_runtime.dataset.job import progress_bar, tokenize as run
 
     try:
         with progress_bar("tokenizing") as progress:
             summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
-                          shard_rows=shard_rows, ray_address=ray_address, actors_per_gpu=actors_per_gpu,
-                          progress=progress)
+                          shard_rows=shard_rows, commit_seconds=commit_seconds, ray_address=ray_address,
+                          actors_per_gpu=actors_per_gpu, progress=progress)
     except KeyboardInterrupt:
         click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
         sys.exit(130)
@@ -183,16 +188,28 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray
 @click.option("--ids", multiple=True, help="Decode only these items (repeat the option).")
 @click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True,
               help="Audio file format (WAV: 32-bit float; FLAC: 24-bit).")
-@click.option("--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
+@original_rate_option
+@click.option("--keep-suffix", is_flag=True,
+              help="Name files after whole ids (a.flac -> a.flac.wav) instead of replacing an audio suffix "
+                   "(a.flac -> a.wav); needed when two ids differ only in their suffix.")
+@click.option("-y", "--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
 @user_errors
-def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
+def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, original_rate, keep_suffix, force):
     """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
     from meltok_runtime.dataset.decode import detokenize as run
-    from meltok_runtime.dataset.job import progress_bar
+    from meltok_runtime.dataset.job import progress_bar, terminate_as_interrupt
 
-    with progress_bar("decoding", by_bytes=False) as progress:
-        summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
-                      force=force, suffix=f".{audio_format}", progress=progress)
+    if original_rate:
+        click.echo("writing each item at its source file's sample rate (--original-rate)", err=True)
+    try:
+        with terminate_as_interrupt(), progress_bar("decoding", by_bytes=False) as progress:
+            summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
+                          force=force, suffix=f".{audio_format}", keep_suffix=keep_suffix,
+                          original_rate=original_rate, progress=progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the files written so far are complete and kept: run the same command to resume",
+                   err=True)
+        sys.exit(130)
     for failure in summary["failures"]:
         click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
     click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "

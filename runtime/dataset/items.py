@@ -3,8 +3,13 @@
 An item is read and checked (``load_item``: the same ``load_audio`` + ``prepare_audio`` path as
 ``meltok-rt encode``, so tokens are identical), encoded alone or with items of exactly the same
 length (``encode_group``: zero-padding items into a batch would change their tokens under the
-reference architecture's GroupNorm), and turned into a dataset row (``make_row``). A bad item
-raises ``ItemError`` with a one-line reason; jobs record it and go on.
+reference architecture's GroupNorm), and turned into a dataset row (``make_row``).
+
+Two kinds of error, kept apart by type: an item whose own data cannot be used (unreadable, empty,
+NaN/Inf, too short: ``AudioInputError`` from the audio checks) raises ``ItemError`` with a one-line
+reason, which jobs record for that item and go on; anything else (a backend error, out of memory, a
+dead worker) is a fault of the job (``job_fault`` turns it into ``WorkerError``): the job stops,
+nothing is recorded for the items in flight, and a resumed job does them again.
 """
 from __future__ import annotations
 
@@ -16,12 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from meltok_runtime.errors import AudioInputError, ItemError, WorkerError
 from meltok_runtime.manifest import MANIFEST_NAME, file_sha256, load_manifest
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
-
-
-class ItemError(Exception):
-    """One item cannot be tokenized; ``str(error)`` is the one-line reason recorded in the dataset."""
 
 
 @dataclass
@@ -52,21 +54,19 @@ def dataset_identity(bundle) -> dict:
 
 
 def load_item(item, sample_rate: int, min_samples: int, hop_length: int) -> LoadedItem:
-    """Read, check, mix down and resample one item; ItemError with the reason when it cannot be used.
+    """Read, check, mix down and resample one item; ItemError with the reason when its data cannot be used.
 
     The same steps as ``meltok-rt encode`` (``load_audio``, then ``prepare_audio`` as
     ``CodecPipeline.prepare`` calls it), done without a codec so that they can run apart from it.
+    Other errors (out of memory, ...) are not the item's: they propagate.
     """
     from meltok_runtime.io.audio import load_audio, prepare_audio
-    from meltok_runtime.errors import MeltokError
 
     try:
         samples, rate = load_audio(item.path)
         batch, _ = prepare_audio(samples[None], rate, sample_rate, hop_length=hop_length)
-    except MeltokError as error:
-        raise ItemError(str(error)) from None
-    except Exception as error:  # noqa: BLE001 - a decoder library failing on one file must not stop the job
-        raise ItemError(f"{type(error).__name__}: {error}".splitlines()[0]) from None
+    except AudioInputError as error:
+        raise ItemError(str(error).splitlines()[0]) from None
     if batch.shape[-1] < min_samples:
         raise ItemError(f"too short: {batch.shape[-1]} samples at {sample_rate} Hz, need at least {min_samples} "
                         "(one token column)")
@@ -74,9 +74,23 @@ def load_item(item, sample_rate: int, min_samples: int, hop_length: int) -> Load
 
 
 def encode_group(codec, audios: list) -> list:
-    """Tokens ``[rows, T']`` of each of ``audios`` (mono ``[N]``, all of one length) in one call."""
-    tokens = codec.encode_prepared(np.stack(audios))
+    """Tokens ``[rows, T']`` of each of ``audios`` (mono ``[N]``, all of one length) in one call.
+
+    ItemError when the encoder refuses the audio itself; any other error is a fault and propagates."""
+    try:
+        tokens = codec.encode_prepared(np.stack(audios))
+    except AudioInputError as error:
+        raise ItemError(str(error).splitlines()[0]) from None
     return list(tokens.astype(np.uint16 if codec.codebook_size <= 2 ** 16 else np.uint32))
+
+
+def job_fault(error: BaseException, where: str) -> WorkerError:
+    """A ``WorkerError`` saying that ``where`` (e.g. "an encoder worker") failed with ``error``, that no item
+    was marked failed for it, and how to resume."""
+    reason = str(error).splitlines()[0] if str(error).strip() else "no message"
+    return WorkerError(f"{where} failed ({type(error).__name__}: {reason}); this is a fault of the job, not of the "
+                       "items, so none was marked failed: fix the cause (memory, backend, device) and run the same "
+                       "command again to resume")
 
 
 def make_row(item, tokens: np.ndarray, *, num_samples: int, source_rate: int, channels: int, sample_rate: int,

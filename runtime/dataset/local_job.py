@@ -6,26 +6,29 @@ Runtime threads = cores / workers so the cores are used once); with one worker t
 the main process, on a thread. Items of exactly the same length are encoded as one batch. Rows
 come back to the main process, which alone writes shards (``DatasetWriter``), so the journal
 decides what is done: a killed job loses at most the rows not yet in a committed shard.
+
+Stopping: on Ctrl-C, SIGTERM (turned into the same interrupt by ``job.tokenize``) or a fault, the
+rows already encoded are committed, queued work is cancelled and the worker processes are killed
+before the error propagates. Workers ignore SIGINT and SIGTERM (the main process stops them) and,
+on Linux, are killed by the kernel if the main process dies without stopping them (SIGKILL).
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from meltok_runtime.dataset.items import ItemError, JobProgress, encode_group, load_item, make_row, peak_rss_mb
-from meltok_runtime.errors import MeltokError
+from meltok_runtime.dataset.items import JobProgress, encode_group, job_fault, load_item, make_row, peak_rss_mb
+from meltok_runtime.errors import ItemError
 
 MAX_READY_SAMPLES = 30 * 60 * 44100  # decoded audio waiting for an encoder: at most ~30 min (~320 MB)
 
 _CODEC = None  # the Codec of this worker process (or of the main process with one worker)
-
-
-class WorkerError(MeltokError, RuntimeError):
-    """An encoder worker process died (killed, out of memory); the job stops and can be resumed."""
 
 
 def worker_threads(workers: int, threads: int | None = None) -> int:
@@ -49,16 +52,24 @@ def tokenize_local(items, writer, *, bundle=None, backend: str = "auto", workers
     codec = Codec.open(bundle, backend=backend, threads=threads)  # checks the bundle, resolves "auto" once
     context = {"sample_rate": codec.sample_rate, "model_id": codec.model_id,
                "min_samples": codec.hop_length * codec.compression, "hop_length": codec.hop_length}
+    encoders = None
     try:
         if workers == 1:
             _CODEC, encoders = codec, ThreadPoolExecutor(1)
         else:
             codec.close()
             encoders = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_open_worker, initargs=(codec.bundle, codec.backend, threads))
-        with encoders, ThreadPoolExecutor(workers) as readers:
+                                           initializer=_open_worker,
+                                           initargs=(codec.bundle, codec.backend, threads, os.getpid()))
+        readers = ThreadPoolExecutor(workers)
+        try:
             _run(pending, readers, encoders, writer, stats, context, workers, batch, progress)
+        finally:
+            readers.shutdown(wait=False, cancel_futures=True)
+        encoders.shutdown()
     except BaseException:
+        if encoders is not None:
+            stop_workers(encoders)
         writer.commit()  # rows already encoded are kept; the rest is done again on resume
         raise
     finally:
@@ -67,12 +78,35 @@ def tokenize_local(items, writer, *, bundle=None, backend: str = "auto", workers
     return writer.close(complete=True)
 
 
-def _open_worker(bundle, backend, threads):
+def stop_workers(executor) -> None:
+    """Cancel the queued work of ``executor`` and kill its worker processes at once (a process pool), or wait
+    for the one encoder call in flight (a thread, which cannot be killed, using the codec about to close)."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # a ThreadPoolExecutor has none
+    executor.shutdown(wait=not processes, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _open_worker(bundle, backend, threads, parent: int):
     from meltok_runtime.codec import Codec
 
     global _CODEC
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are handled once, by the main process,
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # which then kills the workers
+    _die_with_parent(parent)
     _CODEC = Codec.open(bundle, backend=backend, threads=threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the main process dies, even by SIGKILL (strictly: when
+    the thread that started it ends; that is the thread running the job, which outlives its workers)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the main process died before the line above took effect
+        os._exit(1)
 
 
 def _encode(audios):
@@ -98,6 +132,8 @@ def _run(pending, readers, encoders, writer, stats, context, workers, batch, pro
                 ready.append(future.result())
             except ItemError as error:
                 _fail(writer, stats, [item], str(error), progress)
+            except Exception as error:  # noqa: BLE001 - out of memory etc.: the job's fault, not the item's
+                raise job_fault(error, f"reading {item.path!r}") from error
         while ready and len(encoding) < 2 * workers:
             group = _take_group(ready, batch)
             encoding[encoders.submit(_encode, [loaded.audio for loaded in group])] = group
@@ -120,12 +156,13 @@ def _take_group(ready: list, batch: int) -> list:
 def _collect(future, group, writer, stats, context, progress):
     try:
         tokens, backend, rss = future.result()
-    except BrokenProcessPool as error:
-        raise WorkerError(f"an encoder worker process died ({error}); run the same command again to resume") from None
-    except Exception as error:  # noqa: BLE001 - an item the encoder refuses is recorded, not fatal
-        _fail(writer, stats, [loaded.item for loaded in group], f"{type(error).__name__}: {error}".splitlines()[0],
-              progress)
+    except ItemError as error:  # the encoder refused the audio itself
+        _fail(writer, stats, [loaded.item for loaded in group], str(error), progress)
         return
+    except BrokenProcessPool as error:
+        raise job_fault(error, "an encoder worker process (killed, or out of memory?)") from None
+    except Exception as error:  # noqa: BLE001 - a backend error or out of memory: the job's fault, not the items'
+        raise job_fault(error, "encoding") from error
     stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
     for loaded, item_tokens in zip(group, tokens):
         writer.add(make_row(loaded.item, item_tokens, num_samples=loaded.audio.shape[-1], source_rate=loaded.sample_rate,

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meltok_runtime.errors import MeltokError
+from meltok_runtime.errors import DatasetError
 from meltok_runtime.optional import import_optional
 
 FORMAT = "meltok-dataset"
@@ -61,10 +61,6 @@ JOURNAL_NAME = "journal.jsonl"
 SHARD_FOLDER = "shards"
 COLUMNS = ("id", "source", "tokens", "num_samples", "sample_rate", "channels", "duration", "model_id")
 INSTALL = "pip install -e '.[dataset]' (pyarrow), in the clone's folder"
-
-
-class DatasetError(MeltokError, ValueError):
-    """A dataset folder that cannot be read or extended (missing, corrupt, another model's)."""
 
 
 def pyarrow_modules():

@@ -21,15 +21,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meltok_runtime.errors import MeltokError
+from meltok_runtime.errors import SourceError
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
                             ".caf", ".w64", ".rf64", ".wv"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".tsv", ".jsonl"})
-
-
-class SourceError(MeltokError, ValueError):
-    """A source list that cannot be turned into items: missing paths, bad manifests, duplicate ids."""
 
 
 @dataclass(frozen=True)

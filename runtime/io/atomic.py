@@ -1,5 +1,6 @@
 """Output files: never over an input, never a surprise replacement, and written atomically
-(a temporary sibling, then a rename).
+(a temporary sibling, then a rename, then an fsync of the folder so that the rename itself
+survives a power cut: a file once renamed into place cannot vanish).
 
 Temporaries are created with the modes a plain ``open`` (0666) or ``mkdir`` (0777) gives, less the
 umask, which the kernel applies; the process-wide umask is never read or changed (that would race
@@ -130,6 +131,25 @@ def _exchange(new: Path, old: Path) -> bool:
     raise OSError(code, os.strerror(code), str(old))
 
 
+def fsync_directory(folder) -> None:
+    """Make the entries of ``folder`` (a rename or a new file in it) durable: fsync the folder itself.
+
+    A rename is only a change of the folder; until the folder is flushed, a power cut can undo it.
+    File systems that cannot fsync a folder (some network mounts) are left as they are.
+    """
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(handle)
+
+
 @contextlib.contextmanager
 def atomic_output(path, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -138,10 +158,12 @@ def atomic_output(path, suffix: str = ""):
     removes the temporary file.
     """
     path = check_output_path(path)
-    tmp = _create_temporary(path.parent if str(path.parent) else Path("."), f".{path.name}.", f".tmp{suffix}")
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = _create_temporary(parent, f".{path.name}.", f".tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+        fsync_directory(parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -176,6 +198,7 @@ def atomic_directory(path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_directory(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

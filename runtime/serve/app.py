@@ -25,14 +25,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from meltok_runtime.errors import MeltokError
+from meltok_runtime.errors import MeltokError, SettingsError
 from meltok_runtime.io.tokenfile import tokens_to_bytes
 from meltok_runtime.manifest import file_sha256
 from meltok_runtime.serve import protocol
 from meltok_runtime.serve.batcher import BatchedCodec
 from meltok_runtime.serve.metrics import ServeMetrics
 from meltok_runtime.serve.offline import decode_body, encode_body, tokens_json
-from meltok_runtime.serve.protocol import ProtocolError
+from meltok_runtime.serve.errors import Disconnected, ProtocolError, Refused
 from meltok_runtime.serve.sessions import PUSH_COLUMNS, DecodeSession, EncodeSession
 
 log = logging.getLogger("meltok_runtime")
@@ -59,17 +59,9 @@ class ServeConfig:
     def __post_init__(self):
         for name in ("max_batch", "max_streams", "max_queue", "max_body_bytes", "max_frame_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
-            raise ValueError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
-
-
-class _Refused(Exception):
-    """An HTTP request answered with ``status`` before any work (auth, readiness, limits)."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
+            raise SettingsError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
 
 
 class ServeState:
@@ -194,7 +186,7 @@ async def _offline(state: ServeState, request: Request, endpoint: str) -> Respon
                 lambda: work(state.batched, body, params, content_type, wants_json), limiter=state.limiter)
         finally:
             state.pending -= 1
-    except _Refused as refused:
+    except Refused as refused:
         return _error_response(endpoint, state, refused.status, str(refused), refused.headers)
     except MeltokError as error:
         return _error_response(endpoint, state, protocol.http_status(error), str(error))
@@ -224,24 +216,24 @@ def _decode_work(codec, body, params, content_type, wants_json):
 def _admit(state: ServeState, request: Request) -> None:
     """Refuse before any work: no token (401), not ready or shutting down, or too busy (503)."""
     if not state.authorized(request.headers):
-        raise _Refused(401, "missing or wrong bearer token: send Authorization: Bearer TOKEN")
+        raise Refused(401, "missing or wrong bearer token: send Authorization: Bearer TOKEN")
     retry = {"Retry-After": RETRY_AFTER_SECONDS}
     if not state.ready or state.draining:
-        raise _Refused(503, "the server is " + ("shutting down" if state.draining else "not ready yet (warming up)")
+        raise Refused(503, "the server is " + ("shutting down" if state.draining else "not ready yet (warming up)")
                        + "; retry later", retry)
     if state.pending >= state.config.max_queue:
-        raise _Refused(503, f"the server is busy ({state.pending} requests in progress); retry later", retry)
+        raise Refused(503, f"the server is busy ({state.pending} requests in progress); retry later", retry)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _Refused(413, f"the body has {declared} bytes; this server takes at most {limit}")
+        raise Refused(413, f"the body has {declared} bytes; this server takes at most {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _Refused(413, f"the body has more than {limit} bytes, the most this server takes")
+            raise Refused(413, f"the body has more than {limit} bytes, the most this server takes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -274,7 +266,7 @@ async def _stream(state: ServeState, websocket: WebSocket, kind: str) -> None:
         await _close_with_error(state, websocket, endpoint, str(error), error.close_code)
     except MeltokError as error:
         await _close_with_error(state, websocket, endpoint, str(error), protocol.CLOSE_BAD_DATA)
-    except (_Disconnected, WebSocketDisconnect, OSError):  # the client went away (OSError: while we sent)
+    except (Disconnected, WebSocketDisconnect, OSError):  # the client went away (OSError: while we sent)
         pass
     except Exception as error:
         log.exception("%s failed", endpoint)
@@ -285,10 +277,6 @@ async def _stream(state: ServeState, websocket: WebSocket, kind: str) -> None:
         state.metrics.active_streams.set(state.streams)
 
 
-class _Disconnected(Exception):
-    """The client went away."""
-
-
 async def _receive(state: ServeState, websocket: WebSocket) -> tuple[str | None, bytes | None]:
     """The next message as ``(text, None)`` or ``(None, data)``; closes idle, oversized, gone clients."""
     try:
@@ -297,7 +285,7 @@ async def _receive(state: ServeState, websocket: WebSocket) -> tuple[str | None,
         raise ProtocolError(f"no message for {state.config.idle_timeout_s:g} s: closing the idle connection",
                             protocol.CLOSE_POLICY) from None
     if message["type"] == "websocket.disconnect":
-        raise _Disconnected()
+        raise Disconnected()
     text, data = message.get("text"), message.get("bytes")
     size = len(text.encode()) if text is not None else len(data or b"")
     if size > state.config.max_frame_bytes:

@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from meltok_runtime.errors import SettingsError
 from meltok_runtime.pipeline import CodecPipeline
 
 
@@ -42,7 +43,7 @@ class Batcher:
     def __init__(self, graph: Callable[[np.ndarray], np.ndarray], *, max_batch: int, max_wait_s: float,
                  name: str = "graph", on_batch: Callable[[int], None] | None = None):
         if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
+            raise SettingsError(f"need max_batch >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         self.graph, self.max_batch, self.max_wait_s, self.name = graph, max_batch, max_wait_s, name
         self._on_batch = on_batch
         self._calls: deque[_Call] = deque()

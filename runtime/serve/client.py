@@ -19,21 +19,13 @@ from websockets.asyncio.client import connect as connect_async
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from meltok_runtime.errors import MeltokError
 from meltok_runtime.io.tokenfile import TokenFile, tokens_from_bytes, tokens_to_bytes
+from meltok_runtime.serve.errors import ServeError
 from meltok_runtime.serve.protocol import parse_token_frame, token_frame
 
 DEFAULT_TIMEOUT = 300.0
 COLUMNS_PER_MESSAGE = 4
 SAMPLES_PER_MESSAGE = 8192
-
-
-class ServeError(MeltokError, RuntimeError):
-    """The server refused a request; ``status``: HTTP status or WebSocket close code."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 def _check(response: httpx.Response) -> httpx.Response:

@@ -16,7 +16,8 @@ from meltok_runtime.io.audio import audio_bytes, read_audio_bytes
 from meltok_runtime.io.pcm import INPUT_FORMATS
 from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, tokens_from_bytes
 from meltok_runtime.pipeline import CodecPipeline
-from meltok_runtime.serve.protocol import RequestError, pcm_bytes
+from meltok_runtime.serve.errors import RequestError
+from meltok_runtime.serve.protocol import pcm_bytes
 
 AUDIO_FORMATS = {"wav": ".wav", "flac": ".flac"}  # file formats of /v1/decode; raw: s16le, f32le
 RAW_FORMATS = tuple(INPUT_FORMATS)

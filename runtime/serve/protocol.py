@@ -24,6 +24,7 @@ import numpy as np
 from meltok_runtime.errors import (AudioInputError, BadMagicError, CodeRangeError, MeltokError, ModelMismatchError,
                                    SettingsError, TokenFileError, TokenInputError)
 from meltok_runtime.io.pcm import INPUT_FORMATS, to_s16
+from meltok_runtime.serve.errors import ProtocolError, RequestError
 
 CLOSE_BAD_DATA = 1003
 CLOSE_POLICY = 1008
@@ -34,22 +35,6 @@ CLOSE_TRY_LATER = 1013
 STREAM_FORMATS = tuple(INPUT_FORMATS)  # s16le, f32le
 DECODE_OPTIONS = {"lookahead_seconds": 0.2, "format": "f32le"}
 ENCODE_OPTIONS = {"lookahead_seconds": 0.2, "format": "s16le", "sample_rate": 44100}
-
-
-class ProtocolError(MeltokError, ValueError):
-    """A stream message the server cannot use; ``close_code`` is the WebSocket close code to send."""
-
-    def __init__(self, message: str, close_code: int = CLOSE_BAD_DATA):
-        super().__init__(message)
-        self.close_code = close_code
-
-
-class RequestError(MeltokError, ValueError):
-    """An HTTP request the server cannot use (bad parameters, body); ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def http_status(error: MeltokError) -> int:

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from meltok_runtime.io.audio import load_audio
-from meltok_runtime.dataset import DatasetError, open_dataset
+from meltok_runtime.dataset import open_dataset
 from meltok_runtime.dataset.writer import DatasetWriter
-from meltok_runtime.errors import ModelMismatchError
+from meltok_runtime.errors import DatasetError, ModelMismatchError
 
 from .conftest import DATA
 from .corpus_fixtures import assert_same_tokens, run_cli
@@ -222,3 +222,42 @@ def test_progress_reports_items_hours_and_speed(clips, tmp_path):
                        progress=lambda stats: seen.append(stats.describe()))
     assert summary["counts"]["items"] == 2 and len(seen) == 2
     assert seen[-1].startswith("2/2 items, 0.00 h of audio,") and "x real time" in seen[-1]
+
+
+def test_detokenize_refuses_two_ids_that_would_share_a_file_before_any_work(tmp_path):
+    audio, rate = load_audio(DATA / "speech.flac")
+    folder = tmp_path / "x"
+    folder.mkdir()
+    sf.write(folder / "a.flac", audio[:, :rate].T, rate)  # two different real cuts, one name apart from the suffix
+    sf.write(folder / "a.ogg", audio[:, rate:2 * rate].T, rate)
+    assert run_cli("tokenize", folder, "-o", tmp_path / "ds").exit_code == 0
+    out = tmp_path / "audio"
+    assert_one_line_error(run_cli("detokenize", tmp_path / "ds", "-o", out),
+                          "ids 'x/a.flac' and 'x/a.ogg' would both be written to 'x/a.wav'")
+    assert not out.exists() or not any(out.rglob("*"))
+    result = run_cli("detokenize", tmp_path / "ds", "-o", out, "--keep-suffix")
+    assert result.exit_code == 0 and "wrote 2 files" in result.stdout, result.output
+    first, _ = sf.read(out / "x" / "a.flac.wav")
+    second, _ = sf.read(out / "x" / "a.ogg.wav")
+    assert first.shape == second.shape == (rate,) and not np.array_equal(first, second)
+
+
+def test_detokenize_original_rate_and_short_force_behave_as_in_decode(local_dataset, encoded, tmp_path):
+    out = tmp_path / "audio"
+    result = run_cli("detokenize", local_dataset, "-o", out, "--ids", "clips/music48k.flac", "--original-rate")
+    assert result.exit_code == 0, result.output
+    audio, rate = sf.read(out / "clips" / "music48k.wav", dtype="float32")
+    source, source_rate = sf.read(DATA / "music48k.flac", dtype="float32")
+    assert rate == source_rate == 48000 and audio.shape == (source.shape[0],)  # the source's rate and length
+    from meltok_runtime.io.tokenfile import write_tokens  # the same as meltok-rt decode --original-rate
+    token_file = encoded["clips/music48k.flac"]
+    write_tokens(tmp_path / "m.mtok", token_file.tokens, sample_rate=44100, num_samples=token_file.num_samples,
+                 model_id=token_file.model_id, codebook_size=token_file.codebook_size,
+                 source_sample_rate=token_file.source_sample_rate, source_num_samples=token_file.source_num_samples)
+    assert run_cli("decode", tmp_path / "m.mtok", "-o", tmp_path / "m.wav", "--original-rate").exit_code == 0
+    theirs, _ = sf.read(tmp_path / "m.wav", dtype="float32")
+    assert np.array_equal(audio, theirs)
+    stamp = (out / "clips" / "music48k.wav").stat().st_mtime_ns
+    forced = run_cli("detokenize", local_dataset, "-o", out, "--ids", "clips/music48k.flac", "-y")
+    assert "wrote 1 files" in forced.stdout and (out / "clips" / "music48k.wav").stat().st_mtime_ns != stamp
+    assert sf.info(out / "clips" / "music48k.wav").samplerate == 44100  # without --original-rate: the model's

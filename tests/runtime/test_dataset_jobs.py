@@ -100,6 +100,124 @@ def test_sigkill_in_the_middle_then_the_same_command_finishes_the_job(many_clips
                           read_tokens(tmp_path / "x.mtok").tokens[0])
 
 
+def descendants(pid: int) -> set:
+    """Ids of every process below ``pid`` (from /proc)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (exited, waiting to be reaped: it holds no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, or "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_job_leaves_no_worker_behind_and_the_rerun_does_every_item_once(stop, many_clips, tmp_path):
+    output = tmp_path / "ds"
+    command = [*CLI, "tokenize", str(many_clips), "-o", str(output), "--workers", "2", "--shard-rows", "3",
+               "--backend", "ort-cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal, workers, deadline = output / "journal.jsonl", set(), time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:  # two workers started and a shard committed
+        workers |= {pid for pid in descendants(process.pid) if running(pid)}
+        if len(workers) >= 2 and journal.is_file() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    workers |= descendants(process.pid)
+    os.kill(process.pid, stop)
+    _, stderr = process.communicate(timeout=120)
+    assert len(workers) >= 2 and process.returncode in ((130,) if stop == signal.SIGTERM else (-signal.SIGKILL,)), \
+        (process.returncode, stderr)
+    if stop == signal.SIGTERM:
+        assert "interrupted; the shards written so far are kept: run the same command to resume" in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if running(pid)], "worker processes outlived the job"
+    assert len(open_dataset(output).ids()) < 40
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "40 items" in finished.stdout and "0 failed" in finished.stdout
+    ids = open_dataset(output).ids()
+    assert len(ids) == len(set(ids)) == 40  # every item exactly once
+
+
+def test_a_dead_worker_stops_the_job_with_one_line_and_the_rerun_does_its_items(many_clips, tmp_path):
+    output = tmp_path / "ds"
+    command = [*CLI, "tokenize", str(many_clips), "-o", str(output), "--workers", "2", "--shard-rows", "3",
+               "--backend", "ort-cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal, deadline = output / "journal.jsonl", time.monotonic() + 300
+    workers = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = {pid for pid in descendants(process.pid) if running(pid) and "spawn_main" in command_line(pid)}
+        if len(workers) == 2 and journal.is_file() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(min(workers), signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    _, stderr = process.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert process.returncode == 1 and len(errors) == 1, stderr
+    assert "an encoder worker process" in errors[0] and "BrokenProcessPool" in errors[0]
+    assert "none was marked failed" in errors[0] and "run the same command again to resume" in errors[0]
+    info = json.loads((output / "dataset.json").read_text())
+    assert info["failures"] == [] and not info["complete"] and info["counts"]["items"] < 40
+    assert not [pid for pid in workers if running(pid)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert "40 items" in finished.stdout and "0 failed" in finished.stdout
+    ids = open_dataset(output).ids()
+    assert len(ids) == len(set(ids)) == 40
+
+
+def test_ray_actors_are_sized_from_the_cluster_nodes_not_the_driver(monkeypatch):
+    from meltok_runtime.dataset.ray_job import ActorSize, size_actors
+    from meltok_runtime.errors import ClusterError
+
+    def nodes(*resources, dead=()):
+        return [{"Alive": True, "Resources": r} for r in resources] + [{"Alive": False, "Resources": r} for r in dead]
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a big driver: must not matter
+    assert size_actors(nodes({"CPU": 2.0}), 1) == ActorSize(2, 1.5, 0.0)  # the local 2-CPU layout
+    assert size_actors(nodes(*[{"CPU": 8.0}] * 4), 4) == ActorSize(8, 7.5, 0.0)  # one actor a node
+    assert size_actors(nodes(*[{"CPU": 8.0}] * 4), 8) == ActorSize(4, 3.5, 0.0)  # two a node
+    assert size_actors(nodes({"CPU": 8.0}, dead=[{"CPU": 64.0}]), 1) == ActorSize(8, 7.5, 0.0)  # dead nodes ignored
+    assert size_actors(nodes({"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 16.0}), 3) == ActorSize(5, 4.5, 0.0)  # lowered to fit
+    gpu = size_actors(nodes({"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 1.0}), 4, gpus_per_actor=0.5)
+    assert gpu.num_gpus == 0.5 and gpu.num_cpus + 0.5 <= 8  # two actors per GPU node
+    with pytest.raises(ClusterError, match=r"hold at most 2 encoder actor\(s\).*--workers 2 or fewer"):
+        size_actors(nodes({"CPU": 16.0, "GPU": 1.0}), 3, gpus_per_actor=0.5)
+    with pytest.raises(ClusterError, match="or fewer --threads"):
+        size_actors(nodes({"CPU": 4.0}), 1, threads=8)
+    with pytest.raises(ClusterError, match="no live node"):
+        size_actors(nodes(dead=[{"CPU": 8.0}]), 1)
+
+
 @pytest.fixture
 def local_ray():
     """A local Ray instance on 2 CPUs, shut down after the test."""

@@ -20,7 +20,8 @@ from meltok_runtime import Codec
 from meltok_runtime.io.pcm import to_s16
 from meltok_runtime.io.tokenfile import read_tokens, tokens_from_bytes, tokens_to_bytes
 from meltok_runtime.manifest import file_sha256
-from meltok_runtime.serve.client import Client, ServeError
+from meltok_runtime.serve.client import Client
+from meltok_runtime.serve.errors import ServeError
 from meltok_runtime.serve.protocol import token_frame
 from meltok_runtime.serve.sessions import PUSH_COLUMNS
 
