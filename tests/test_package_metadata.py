@@ -78,3 +78,20 @@ def test_readme_commands_install_an_onnx_runtime(metadata):
     installed = re.search(r"pip install -e '\.\[([a-z,-]+)\]'", first)
     assert installed, first
     assert any("onnxruntime" in extras[name] for name in installed.group(1).split(","))
+
+
+def test_a_meltok_folder_in_the_current_directory_does_not_shadow_the_install(tmp_path):
+    """Python started in the folder that holds a clone named ``meltok`` (or any ``meltok`` folder) still imports
+    the installed packages: editable installs are plain path entries (setup.cfg's strict editable mode), which a
+    namespace package in the current directory cannot hide, unlike the default mode's import hook."""
+    import subprocess
+    import sys
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "setup.cfg")
+    assert parser["editable_wheel"]["mode"] == "strict"
+    (tmp_path / "meltok").mkdir()
+    (tmp_path / "meltok" / "notes.txt").write_text("not a package\n")
+    result = subprocess.run([sys.executable, "-c", "from meltok import MelTok; import meltok_runtime, meltok_export"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
