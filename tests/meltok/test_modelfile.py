@@ -192,20 +192,27 @@ def test_fields_added_after_config_version_1_change_no_id_while_at_their_default
     version1 = json.loads(json.dumps(current))  # the same config as config version 1 wrote it
     for later in ("time_local", "attention_radius"):
         del version1["tokenizer"][later]
+    version1["vocoder"].pop("head", None)
     assert model_id_of(MelTokConfig.from_dict(version1), weights) == model_id_of(MelTokConfig.from_dict(current), weights)
     assert canonical_architecture(edge()) == json.dumps(version1, sort_keys=True)
     local = dict(current, tokenizer=dict(current["tokenizer"], time_local=True))
     assert model_id_of(MelTokConfig.from_dict(local), weights) != model_id_of(edge(), weights)
 
-    @dataclasses.dataclass(frozen=True)
-    class VocoderWithHead(VocoderConfig):  # a field a later meltok might add, with its default
-        head: str = "istft"
+    # the vocoder head, added after config version 1: the reference head changes no id, another one does
+    assert "head" in {field.name for field in dataclasses.fields(VocoderConfig)}
+    phase_head = dataclasses.replace(edge(), vocoder=dataclasses.replace(edge().vocoder, head="phase_advance"))
+    assert canonical_architecture(edge()) == json.dumps(version1, sort_keys=True)
+    assert model_id_of(phase_head, weights) != model_id_of(edge(), weights)
 
-    fields = dataclasses.asdict(edge().vocoder)
-    with_head = dataclasses.replace(edge(), vocoder=VocoderWithHead(**fields))
-    other_head = dataclasses.replace(edge(), vocoder=VocoderWithHead(**fields, head="phase"))
-    assert model_id_of(with_head, weights) == model_id_of(edge(), weights)
-    assert model_id_of(other_head, weights) != model_id_of(edge(), weights)
+    @dataclasses.dataclass(frozen=True)
+    class VocoderWithGain(VocoderConfig):  # a field a later meltok might add, with its default
+        output_gain: float = 1.0
+
+    fields = {field.name: getattr(edge().vocoder, field.name) for field in dataclasses.fields(VocoderConfig)}
+    with_gain = dataclasses.replace(edge(), vocoder=VocoderWithGain(**fields))
+    other_gain = dataclasses.replace(edge(), vocoder=VocoderWithGain(**fields, output_gain=0.5))
+    assert model_id_of(with_gain, weights) == model_id_of(edge(), weights)
+    assert model_id_of(other_gain, weights) != model_id_of(edge(), weights)
 
 
 def test_shipped_model_config_is_its_canonical_architecture():
