@@ -124,3 +124,17 @@ def default_manifest():
     from meltok_runtime.manifest import load_manifest
 
     return load_manifest(DEFAULT_BUNDLE, verify_files=False)
+
+
+def test_bundle_page_lists_every_manifest_field():
+    """A field added to the manifest needs its row in docs/bundle.md (and an engine field its name there)."""
+    import dataclasses
+
+    from meltok_runtime.manifest import EngineEntry, GraphEntry, Manifest
+
+    text = (DOCS / "bundle.md").read_text()
+    rows = {row[0]: row[2] for row in _table(text, "field")}
+    assert set(rows) == {field.name for field in dataclasses.fields(Manifest)}
+    for entry, field_name in ((GraphEntry, "graphs"), (EngineEntry, "engines")):
+        missing = [f.name for f in dataclasses.fields(entry) if f.name not in rows[field_name]]
+        assert missing == [], f"docs/bundle.md's {field_name} row lacks {missing}"
