@@ -27,9 +27,9 @@ import numpy as np
 import soundfile as sf
 
 from meltok_runtime.dataset.job import tokenize
-from meltok_runtime.dataset.sources import AUDIO_SUFFIXES
 from meltok_runtime.dataset.reader import open_dataset, pyarrow_modules
 from meltok_runtime.dataset.writer import DatasetWriter
+from meltok_runtime.io.formats import AUDIO_SUFFIXES
 from meltok_runtime.io.tokenfile import read_tokens
 
 MODES = ("loop", "workers-1", "workers-2", "ray")

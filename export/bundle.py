@@ -25,6 +25,7 @@ from meltok_runtime.io.atomic import atomic_directory
 from meltok_runtime.backends.ort import import_onnxruntime
 from meltok_runtime.lengths import padded_length, token_columns
 from meltok_runtime.manifest import MANIFEST_NAME, Manifest
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 from .contract import OPSET, PRECISIONS
 from .errors import ExportDestinationError, ExportOptionError
@@ -117,7 +118,9 @@ def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: in
                     sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
                     token_rows=model.token_rows, codebook_size=model.codebook_size,
                     compression=config.tokenizer.compression, opset=opset, graphs=graphs, limits=limits or {},
-                    versions=tool_versions(engine), streaming=stream_contract(config))
+                    versions=tool_versions(engine), streaming=stream_contract(config),
+                    windowing={"window_seconds": DEFAULT_WINDOW_SECONDS, "context_seconds": DEFAULT_CONTEXT_SECONDS,
+                               "fade_seconds": DEFAULT_CONTEXT_SECONDS})
 
 
 def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float | None = None,

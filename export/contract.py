@@ -78,17 +78,11 @@ def check_graph_io(onnx_model, graph: str, specs) -> None:
 
 
 def verify_audio(sample_rate: int = 44100) -> np.ndarray:
-    """The shipped verification clip (real music and speech, mono float32) at ``sample_rate``."""
-    import soundfile
+    """The shipped verification clip (real music and speech, mono float32 ``[N]``) at ``sample_rate``."""
+    from meltok_runtime.io.audio import load_mono
 
-    with resources.files("meltok_export").joinpath(VERIFY_AUDIO).open("rb") as handle:
-        audio, rate = soundfile.read(handle, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        import soxr
-
-        audio = soxr.resample(audio, rate, sample_rate).astype(np.float32)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    with resources.as_file(resources.files("meltok_export").joinpath(VERIFY_AUDIO)) as path:
+        return load_mono(path, sample_rate).samples
 
 
 __all__ = ["FP16_TOKEN_FLOOR", "FP16_TOKEN_GOAL", "GRAPH_FILES", "GRAPH_NAMES", "INT8_MEL_DISTANCE_MAX",

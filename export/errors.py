@@ -6,6 +6,10 @@ class ExportOptionError(MeltokError, ValueError):
     """Export options out of range (engine, precision, limits, flags that do not fit together)."""
 
 
+class TritonOptionError(ExportOptionError):
+    """Triton repository options that do not fit together or do not fit the bundle."""
+
+
 class ContractError(BundleError):
     """An exported graph whose names, dtypes, shapes or dynamic axes differ from the export contract."""
 
@@ -18,4 +22,4 @@ class ExportDestinationError(OutputPathError):
     """A bundle destination that would lose other files, or cannot be written."""
 
 
-__all__ = ["ContractError", "ExportDestinationError", "ExportOptionError", "VerificationError"]
+__all__ = ["ContractError", "ExportDestinationError", "ExportOptionError", "TritonOptionError", "VerificationError"]

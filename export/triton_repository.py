@@ -25,7 +25,7 @@ from meltok_runtime.io.atomic import atomic_directory, check_new_folder
 from meltok_runtime.manifest import MANIFEST_NAME, GraphEntry, Manifest, load_manifest, verify_file
 from meltok_runtime.optional import import_optional
 
-from .errors import ExportDestinationError, ExportOptionError
+from .errors import ExportDestinationError, TritonOptionError
 
 ENCODER_MODEL, DECODER_MODEL, PIPELINE_MODEL = "meltok_encoder", "meltok_decoder", "meltok"
 GRAPH_MODELS = {"encoder": ENCODER_MODEL, "decoder": DECODER_MODEL}
@@ -41,10 +41,6 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_I
 WIRE_TYPES = {"TYPE_FP32": "FP32", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64"}  # client datatypes
 DEFAULT_MAX_BATCH = 8  # for bundles whose manifest states no max_batch
 TRT_WORKSPACE_BYTES = 1 << 30
-
-
-class TritonOptionError(ExportOptionError):
-    """Triton repository options that do not fit together or do not fit the bundle."""
 
 
 class _Enum(str):

@@ -42,6 +42,7 @@ class MelTok(CodecPipeline, nn.Module):
         self.backbone = VocosBackbone(config.frontend.n_mels, config.vocoder)
         self.head = build_head(config.vocoder)
         self.model_id = f"{config.name}:untrained"
+        self.model_id_basis: str | None = None  # what model_id names (modelfile.architecture_digest), once known
         self.eval()
 
     # ----------------------------------------------------------------- contract
@@ -164,7 +165,8 @@ class MelTok(CodecPipeline, nn.Module):
         return load_model(cls, path, device=device)
 
     def save(self, path) -> str:
-        """Write the model file atomically; returns and sets the new ``model_id``."""
+        """Write the model file atomically; returns and sets its ``model_id`` (kept when weights and
+        architecture are those it was loaded with: the rule in ``meltok.modelfile``)."""
         return save_model_file(self, path)
 
     def with_vocoder_head(self, head: str) -> "MelTok":

@@ -56,6 +56,7 @@ import math
 import numpy as np
 
 from meltok_runtime.errors import AudioInputError, MetricUnavailable, MissingDependencyError
+from meltok_runtime.melfilters import hann_window
 from meltok_runtime.optional import import_optional
 
 SAMPLE_RATE = 44100
@@ -103,10 +104,10 @@ def align(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ DSP
 @functools.lru_cache(maxsize=32)
 def periodic_hann(win_length: int, n_fft: int | None = None) -> np.ndarray:
-    """Periodic Hann window (``scipy.signal.get_window("hann", n)``), zero-padded on both
+    """The runtime's periodic Hann window (``melfilters.hann_window``) of ``win_length``, zero-padded on both
     sides to ``n_fft`` as ``torch.stft`` does. float64, read-only."""
     n_fft = win_length if n_fft is None else n_fft
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
+    window = hann_window(win_length).astype(np.float64)
     left = (n_fft - win_length) // 2
     window = np.pad(window, (left, n_fft - win_length - left))
     window.flags.writeable = False
@@ -365,9 +366,9 @@ def resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """``signal`` from ``rate_in`` to ``rate_out`` Hz (soxr HQ), float64."""
     if rate_in == rate_out:
         return np.asarray(signal, dtype=np.float64)
-    import soxr
+    from meltok_runtime.io.audio import resample
 
-    return soxr.resample(np.asarray(signal, dtype=np.float32), rate_in, rate_out, quality="HQ").astype(np.float64)
+    return resample(np.asarray(signal, dtype=np.float32)[None], rate_in, rate_out)[0].astype(np.float64)
 
 
 def _require(module: str, package: str):

@@ -26,7 +26,6 @@ from meltok_runtime.backends import AUTO_ORDER, BACKENDS, backend_class
 from meltok_runtime.errors import BackendError, BundleError, MeltokError, ModelMismatchError
 from meltok_runtime.graph_codec import GraphCodec
 from meltok_runtime.manifest import Manifest, load_manifest
-from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 log = logging.getLogger("meltok_runtime")
 
@@ -50,7 +49,8 @@ class Codec(GraphCodec):
     """
 
     def __init__(self, bundle: Path, manifest: Manifest, backend: str, encoder, decoder, *,
-                 window_seconds: float, context_seconds: float, skipped: dict | None = None):
+                 window_seconds: float | None = None, context_seconds: float | None = None,
+                 skipped: dict | None = None):
         self.bundle = Path(bundle)
         self.backend = backend
         self.skipped = dict(skipped or {})  # backend name -> why ``auto`` did not pick it
@@ -63,8 +63,7 @@ class Codec(GraphCodec):
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, bundle=None, backend: str = "auto", threads: int | None = None, *,
-             window_seconds: float = DEFAULT_WINDOW_SECONDS,
-             context_seconds: float = DEFAULT_CONTEXT_SECONDS) -> "Codec":
+             window_seconds: float | None = None, context_seconds: float | None = None) -> "Codec":
         """Open ``bundle`` (default: the shipped bundle) with ``backend``.
 
         ``backend="auto"`` takes the first of trt, ort-cuda, ort-cpu that can run here (logged,
@@ -73,7 +72,8 @@ class Codec(GraphCodec):
         TensorRT version or graph) and never falls back. ``threads``: CPU threads per graph
         (ONNX Runtime intra-op threads; default: all cores). ``window_seconds`` is the span the
         backend sees per call, ``context_seconds`` the part of it on each side that is
-        processed but not kept (see ``windowing``).
+        processed but not kept (see ``windowing``); both default to the manifest's ``windowing``, else
+        to the runtime's defaults (12 s, 1 s), as does the decoding cross-fade.
         """
         bundle = default_bundle() if bundle is None else Path(bundle)
         manifest = load_manifest(bundle, verify_files=False)  # each backend hashes the bytes it loads

@@ -20,7 +20,7 @@ from meltok_runtime.errors import SettingsError
 from meltok_runtime.lengths import padded_length, token_columns
 from meltok_runtime.manifest import Manifest
 from meltok_runtime.pipeline import CodecPipeline
-from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
+from meltok_runtime.windowing import Progress
 
 GraphCall = Callable[[np.ndarray], np.ndarray]
 
@@ -29,19 +29,26 @@ class GraphCodec(CodecPipeline):
     """The ``meltok.MelTok`` user API over ``manifest``'s contract and two graph callables.
 
     ``max_batch`` caps the batch per graph call (default: the manifest's ``max_batch``; a smaller
-    value for a server whose models take smaller batches).
+    value for a server whose models take smaller batches). ``window_seconds``/``context_seconds`` default
+    to the manifest's ``windowing`` (the runtime's defaults for bundles without it), as does the
+    decoding cross-fade.
     """
 
     def __init__(self, manifest: Manifest, encode_graph: GraphCall, decode_graph: GraphCall, *,
-                 max_batch: int | None = None, window_seconds: float = DEFAULT_WINDOW_SECONDS,
-                 context_seconds: float = DEFAULT_CONTEXT_SECONDS):
+                 max_batch: int | None = None, window_seconds: float | None = None,
+                 context_seconds: float | None = None):
         self.manifest = manifest
         self._encode_call, self._decode_call = encode_graph, decode_graph
         bundle_batch = int(manifest.limits.get("max_batch") or 0) or None
         if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1):
             raise SettingsError(f"max_batch is {max_batch!r}; expected a whole number of at least 1, or None")
         self.max_batch = min(filter(None, (bundle_batch, max_batch)), default=None)
-        self.window_columns, self.context_columns = self.window_layout(window_seconds, context_seconds)
+        settings = manifest.window_settings()  # the manifest's ``windowing``, defaults filled in
+        self.window_columns, self.context_columns = self.window_layout(
+            settings["window_seconds"] if window_seconds is None else window_seconds,
+            settings["context_seconds"] if context_seconds is None else context_seconds)
+        if settings["fade_seconds"] is not None:
+            self.fade_columns = settings["fade_seconds"] * self.sample_rate / self.column_samples
 
     def window_limit(self) -> int | None:
         """Columns per graph call the bundle's engines accept (``limits``), less one; None: no limit."""

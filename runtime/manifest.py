@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meltok_runtime.errors import BundleError
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -95,12 +97,32 @@ class Manifest:
     # time-local models: {"time_local": true, "encoder_dependency": [lo, hi], "decoder_influence": [lo, hi]}
     # in samples around each token column (meltok.receptive_field); empty for the reference architecture
     streaming: dict = field(default_factory=dict)
+    # how the runtime windows long inputs (``windowing``): {"window_seconds", "context_seconds", "fade_seconds"};
+    # absent in bundles written before it, which get the runtime's defaults (``window_settings``)
+    windowing: dict = field(default_factory=dict)
 
     def __post_init__(self):
         graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}
         object.__setattr__(self, "graphs", graphs)
         object.__setattr__(self, "engines", tuple(EngineEntry(**e) if isinstance(e, dict) else e
                                                   for e in self.engines))
+
+    def window_settings(self) -> dict:
+        """``{"window_seconds", "context_seconds", "fade_seconds"}`` from ``windowing``, defaults filled in
+        (12 s windows, 1 s of context, a cross-fade as long as the context: ``fade_seconds`` None)."""
+        settings = {"window_seconds": DEFAULT_WINDOW_SECONDS, "context_seconds": DEFAULT_CONTEXT_SECONDS,
+                    "fade_seconds": None}
+        unknown = sorted(set(self.windowing) - set(settings))
+        if unknown:
+            raise BundleError(f"the manifest's windowing has unknown keys {unknown}; expected some of "
+                              f"{sorted(settings)}: upgrade meltok or re-export the bundle")
+        for key, value in self.windowing.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or not (value > 0 if key == "window_seconds" else value >= 0):
+                raise BundleError(f"the manifest's windowing has {key} = {value!r}; expected a finite number of "
+                                  "seconds (window > 0, context and fade >= 0): re-export the bundle")
+            settings[key] = float(value)
+        return settings
 
     @property
     def token_rate(self) -> float:
@@ -131,6 +153,7 @@ class Manifest:
         missing = [name for name in GRAPH_NAMES if name not in manifest.graphs]
         if missing:
             raise BundleError(f"{source} lists no {' or '.join(missing)} graph; re-export the bundle")
+        manifest.window_settings()  # refuses a bad ``windowing`` now, not at the first long input
         return manifest
 
     def write(self, folder) -> Path:

@@ -71,6 +71,7 @@ class CodecPipeline:
     """The shared user API around a subclass's graph calls (see the module docstring)."""
 
     max_batch: int | None = None  # largest batch per graph call; None: any
+    fade_columns: float | None = None  # cross-fade of windowed decoding, in columns; None: the context
 
     # ----------------------------------------------------------------- contract
     @property
@@ -161,7 +162,8 @@ class CodecPipeline:
         array = check_tokens(tokens, self.token_rows, self.codebook_size)
         rate = self.sample_rate if sample_rate is None else _check_output_rate(sample_rate)
         self._check_num_samples(num_samples, array.shape[-1], rate)
-        audio = self._batched(array, self._decode_graph, decode_windowed, windows or self.windows, progress)
+        windowed = functools.partial(decode_windowed, fade_columns=self.fade_columns)
+        audio = self._batched(array, self._decode_graph, windowed, windows or self.windows, progress)
         audio = audio.astype(np.float32, copy=False)
         if rate != self.sample_rate:
             from meltok_runtime.io.audio import resample

@@ -88,3 +88,20 @@ def test_serve_extra_brings_the_server_and_client_and_all_includes_it(metadata):
     parser.read(ROOT / "setup.cfg")
     for extra in ("all", "serve-ray", "test"):  # the parser above keys ray[data] and ray[serve] both as "ray"
         assert "ray[serve]>=2.51" in parser["options.extras_require"][extra].split(), extra
+
+
+def test_a_meltok_folder_in_the_current_directory_does_not_shadow_the_install(tmp_path):
+    """Python started in the folder that holds a clone named ``meltok`` (or any ``meltok`` folder) still imports
+    the installed packages: editable installs are plain path entries (setup.cfg's strict editable mode), which a
+    namespace package in the current directory cannot hide, unlike the default mode's import hook."""
+    import subprocess
+    import sys
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "setup.cfg")
+    assert parser["editable_wheel"]["mode"] == "strict"
+    (tmp_path / "meltok").mkdir()
+    (tmp_path / "meltok" / "notes.txt").write_text("not a package\n")
+    result = subprocess.run([sys.executable, "-c", "from meltok import MelTok; import meltok_runtime, meltok_export"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -20,13 +20,10 @@ ITEM_OFFSET_SECONDS = 2.5  # batch item i starts i * 2.5 s into the (tiled) musi
 
 
 def load_music(path=MUSIC) -> np.ndarray:
-    """The real music clip as mono float32 ``[N]`` at 44.1 kHz (channels mixed down by the mean)."""
-    import soundfile as sf
+    """The real music clip as mono float32 ``[N]`` at 44.1 kHz (the runtime's ``load_mono``)."""
+    from meltok_runtime.io.audio import load_mono
 
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path} is at {rate} Hz; the benchmark expects a {SAMPLE_RATE} Hz clip")
-    return np.ascontiguousarray(audio.mean(axis=1))
+    return load_mono(path, SAMPLE_RATE).samples
 
 
 def make_audio(music: np.ndarray, batch: int, seconds: float) -> np.ndarray:

@@ -89,7 +89,7 @@ def tool_coder(codec: ToolCodec, delays: list) -> Coder:
     """The coder of a classic codec; each clip's measured delay is appended to ``delays``."""
     import soundfile as sf
 
-    from meltok_runtime.io.audio import load_audio, mixdown, prepare_audio
+    from meltok_runtime.io.audio import load_mono
 
     def code(reference: np.ndarray) -> Coded:
         with tempfile.TemporaryDirectory(prefix="meltok-anchor-") as folder:
@@ -98,11 +98,10 @@ def tool_coder(codec: ToolCodec, delays: list) -> Coder:
             _run(codec.encode, paths["in.wav"], paths["coded" + codec.suffix])
             _run(codec.decode, paths["coded" + codec.suffix], paths["out.wav"])
             bits = 8.0 * Path(paths["coded" + codec.suffix]).stat().st_size
-            samples, rate = load_audio(paths["out.wav"])
-        decoded, _ = prepare_audio(mixdown(samples), rate, SAMPLE_RATE)
-        delay = measure_delay(reference, decoded[0], int(MAX_DELAY_SECONDS * SAMPLE_RATE))
+            decoded = load_mono(paths["out.wav"], SAMPLE_RATE).samples
+        delay = measure_delay(reference, decoded, int(MAX_DELAY_SECONDS * SAMPLE_RATE))
         delays.append(delay)
-        return Coded(undo_delay(decoded[0], delay, reference.size), bits)
+        return Coded(undo_delay(decoded, delay, reference.size), bits)
 
     return code
 

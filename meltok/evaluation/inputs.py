@@ -63,11 +63,9 @@ def clip_category(relative: Path, categories=None) -> str:
 
 def load_clip(path, max_seconds: float | None = None) -> np.ndarray:
     """Mono float32 ``[N]`` at 44.1 kHz (soxr), at most ``max_seconds`` long."""
-    from meltok_runtime.io.audio import load_audio, mixdown, prepare_audio
+    from meltok_runtime.io.audio import load_mono
 
-    samples, rate = load_audio(path)
-    audio, _ = prepare_audio(mixdown(samples), rate, SAMPLE_RATE)
-    audio = audio[0]
+    audio = load_mono(path, SAMPLE_RATE).samples
     if max_seconds is not None:
         audio = audio[:max(1, int(round(max_seconds * SAMPLE_RATE)))]
     return np.ascontiguousarray(audio)

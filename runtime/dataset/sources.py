@@ -23,8 +23,8 @@ from pathlib import Path
 
 from meltok_runtime.errors import SourceError
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
-                            ".caf", ".w64", ".rf64", ".wv"})
+from meltok_runtime.io.formats import AUDIO_SUFFIXES  # the runtime's one list, shared with training's corpus
+
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv", ".tsv", ".jsonl"})
 
 

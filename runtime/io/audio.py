@@ -5,6 +5,7 @@ Arrays are float32 with time last: a file is ``[C, N]`` (channels, samples), a m
 """
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -62,6 +63,23 @@ def _read(source, name: str) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise AudioInputError(f"audio file {name} contains no samples; expected at least one")
     return np.ascontiguousarray(data.T), int(sample_rate)
+
+
+class MonoAudio(NamedTuple):
+    """An audio file as one mono signal at a chosen rate, with what the file was."""
+
+    samples: np.ndarray  # float32 [N] at the requested rate
+    source_rate: int  # the file's sample rate, Hz
+    channels: int  # the file's channel count (mixed down by the mean)
+    source_samples: int  # the file's length in samples at source_rate
+
+
+def load_mono(path, sample_rate: int) -> MonoAudio:
+    """Read an audio file, mix its channels down and resample it to ``sample_rate``: the one way every
+    package turns a file into model audio (``load_audio``, then ``prepare_audio``'s checks, mixdown and soxr)."""
+    samples, rate = load_audio(path)
+    audio, _ = prepare_audio(samples[None], rate, sample_rate)
+    return MonoAudio(audio[0], rate, samples.shape[0], samples.shape[1])
 
 
 def mixdown(audio: np.ndarray) -> np.ndarray:

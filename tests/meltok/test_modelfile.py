@@ -135,3 +135,92 @@ def test_bad_model_configs_raise_config_errors():
         resolve_config("huge")
     with pytest.raises(ConfigError, match="expected a MelTokConfig"):
         MelTok.from_config(3)
+
+
+def test_resaved_shipped_model_keeps_its_id_and_decodes_the_bundles_token_files(tmp_path, real_clips):
+    """A re-saved copy of the shipped model names the same weights: its id is unchanged, so a token file that the
+    shipped bundle wrote decodes with the copy (``meltok decode`` and ``MelTok.decode``)."""
+    from click.testing import CliRunner
+
+    from meltok.cli import main
+    from meltok.default_model import DEFAULT_MODEL
+    from meltok_runtime import Codec
+    from meltok_runtime.io.files import encode_file
+    from meltok_runtime.io.tokenfile import read_tokens
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no default model is shipped in this checkout")
+    copy = tmp_path / "copy.safetensors"
+    assert MelTok.load(DEFAULT_MODEL).save(copy) == "meltok-edge:e219538591c9"
+    assert read_model_metadata(copy)["model_id"] == "meltok-edge:e219538591c9"
+    again = tmp_path / "again.safetensors"
+    assert MelTok.load(copy).save(again) == "meltok-edge:e219538591c9"
+
+    import soundfile
+
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, real_clips["music"][: 44100 * 2], 44100)
+    tokens = tmp_path / "clip.mtok"
+    with Codec.open() as codec:
+        encode_file(codec, clip, tokens)
+    result = CliRunner().invoke(main, ["decode", str(tokens), "-m", str(again), "-o", str(tmp_path / "out.wav")])
+    assert result.exit_code == 0, result.output
+    token_file = read_tokens(tokens)
+    audio = MelTok.load(again).decode(token_file.tokens, num_samples=token_file.num_samples[0])
+    assert audio.shape == (1, 44100 * 2)
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
+
+
+def test_changed_weights_get_a_new_id_on_save(tmp_path):
+    first = MelTok.from_config("tiny").save(tmp_path / "a.safetensors")
+    loaded = MelTok.load(tmp_path / "a.safetensors")
+    assert loaded.save(tmp_path / "same.safetensors") == first
+    with torch.no_grad():
+        loaded.quantizer.embedding.weight[0, 0] += 1.0
+    assert loaded.save(tmp_path / "b.safetensors") != first
+
+
+def test_fields_added_after_config_version_1_change_no_id_while_at_their_default():
+    """The canonical architecture leaves later fields out at their default (the rule in ``meltok.modelfile``)."""
+    import dataclasses
+
+    from meltok.config import VocoderConfig, edge
+    from meltok.modelfile import canonical_architecture, model_id_of
+
+    weights = "ab" * 32
+    current = edge().to_dict()
+    version1 = json.loads(json.dumps(current))  # the same config as config version 1 wrote it
+    for later in ("time_local", "attention_radius"):
+        del version1["tokenizer"][later]
+    version1["vocoder"].pop("head", None)
+    assert model_id_of(MelTokConfig.from_dict(version1), weights) == model_id_of(MelTokConfig.from_dict(current), weights)
+    assert canonical_architecture(edge()) == json.dumps(version1, sort_keys=True)
+    local = dict(current, tokenizer=dict(current["tokenizer"], time_local=True))
+    assert model_id_of(MelTokConfig.from_dict(local), weights) != model_id_of(edge(), weights)
+
+    # the vocoder head, added after config version 1: the reference head changes no id, another one does
+    assert "head" in {field.name for field in dataclasses.fields(VocoderConfig)}
+    phase_head = dataclasses.replace(edge(), vocoder=dataclasses.replace(edge().vocoder, head="phase_advance"))
+    assert canonical_architecture(edge()) == json.dumps(version1, sort_keys=True)
+    assert model_id_of(phase_head, weights) != model_id_of(edge(), weights)
+
+    @dataclasses.dataclass(frozen=True)
+    class VocoderWithGain(VocoderConfig):  # a field a later meltok might add, with its default
+        output_gain: float = 1.0
+
+    fields = {field.name: getattr(edge().vocoder, field.name) for field in dataclasses.fields(VocoderConfig)}
+    with_gain = dataclasses.replace(edge(), vocoder=VocoderWithGain(**fields))
+    other_gain = dataclasses.replace(edge(), vocoder=VocoderWithGain(**fields, output_gain=0.5))
+    assert model_id_of(with_gain, weights) == model_id_of(edge(), weights)
+    assert model_id_of(other_gain, weights) != model_id_of(edge(), weights)
+
+
+def test_shipped_model_config_is_its_canonical_architecture():
+    """The shipped file's stored config (config version 1) is exactly the canonical form of what it loads as."""
+    from meltok.default_model import DEFAULT_MODEL
+    from meltok.modelfile import canonical_architecture
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no default model is shipped in this checkout")
+    stored = read_model_metadata(DEFAULT_MODEL)["config"]
+    assert canonical_architecture(MelTokConfig.from_json(stored)) == stored

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from meltok_runtime.melfilters import hann_window
+
 from ...errors import CorpusError
 
 # Band-limit thresholds, measured on the Debian packages (see ``is_band_limited``).
@@ -17,13 +19,13 @@ _FLOOR_DB = -120.0
 
 
 def _long_term_spectrum(audio: np.ndarray, n_fft: int, max_frames: int) -> np.ndarray:
-    """Mean power spectrum ``[n_fft // 2 + 1]`` of Hann frames of ``audio [N]`` (no overlap)."""
+    """Mean power spectrum ``[n_fft // 2 + 1]`` of (periodic) Hann frames of ``audio [N]`` (no overlap)."""
     if len(audio) < n_fft:
         audio = np.pad(audio, (0, n_fft - len(audio)))
     starts = np.arange((len(audio) - n_fft) // n_fft + 1) * n_fft
     if len(starts) > max_frames:  # evenly spread subset keeps long files cheap
         starts = starts[np.linspace(0, len(starts) - 1, max_frames).round().astype(np.int64)]
-    window = np.hanning(n_fft).astype(np.float32)
+    window = hann_window(n_fft)
     power = np.zeros(n_fft // 2 + 1)
     for i in range(0, len(starts), 256):
         frames = audio[starts[i:i + 256, None] + np.arange(n_fft)] * window

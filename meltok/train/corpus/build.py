@@ -15,7 +15,7 @@ from ...errors import CorpusError
 from .bandwidth import MIN_ABOVE_11K_DB, MIN_BANDWIDTH_HZ, SILENCE_RMS_DB, is_band_limited
 from .manifest import SPLITS, build_manifest
 from .shards import ShardWriter, read_journal
-from .sources import AUDIO_EXTENSIONS, decoded, scan, source_name, split_of
+from .sources import AUDIO_SUFFIXES, decoded, scan, source_name, split_of
 
 log = logging.getLogger("meltok.train.corpus")
 
@@ -61,7 +61,7 @@ def build_corpus(sources: Iterable[str | os.PathLike], out: str | os.PathLike, *
         items = scan(sources, Path(tmp), seed, max_files_per_source)
         if not items:
             raise CorpusError(f"no audio file in {', '.join(map(str, sources))} (looked for "
-                              f"{', '.join(sorted(AUDIO_EXTENSIONS))} and .pk3 archives); give folders with audio")
+                              f"{', '.join(sorted(AUDIO_SUFFIXES))} and .pk3 archives); give folders with audio")
         out.mkdir(parents=True, exist_ok=True)
         for it in items:
             it["split"] = "test" if it["source"] in (holdout or []) else \

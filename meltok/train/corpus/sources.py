@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import soundfile as sf
-import soxr
+
+from meltok_runtime.io.audio import load_mono
+from meltok_runtime.io.formats import AUDIO_SUFFIXES
 
 from .bandwidth import measure_bandwidth
 from .manifest import SAMPLE_RATE
 
 log = logging.getLogger("meltok.train.corpus")
-
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 
 
 def _package_root(root: Path) -> Path | None:
@@ -79,7 +78,7 @@ def scan(sources: list[Path], tmp: Path, seed: int, max_files: int | None) -> li
                 if path.is_symlink():
                     continue
                 rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-                if path.suffix.lower() in AUDIO_EXTENSIONS:
+                if path.suffix.lower() in AUDIO_SUFFIXES:
                     found.append((rel, path))
                 elif path.suffix.lower() == ".pk3":
                     found += _extract_pk3(path, rel, tmp / name)
@@ -106,7 +105,7 @@ def _extract_pk3(archive: Path, rel: str, tmp: Path) -> list[tuple[str, Path]]:
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in sorted(zf.namelist()):
-                if Path(member).suffix.lower() in AUDIO_EXTENSIONS and not member.endswith("/"):
+                if Path(member).suffix.lower() in AUDIO_SUFFIXES and not member.endswith("/"):
                     target = tmp / rel / member
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, open(target, "wb") as dst:
@@ -123,15 +122,12 @@ def _decode(audio_path: str) -> tuple[dict, np.ndarray | None, str | None]:
     Returns ``(info, int16 [N] or None, error or None)``.
     """
     try:
-        x, sr = sf.read(audio_path, dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile raises several types for damaged files
+        loaded = load_mono(audio_path, SAMPLE_RATE)
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for damaged files
         return {}, None, f"{type(exc).__name__}: {exc}"
-    info = {"sample_rate": int(sr), "channels": int(x.shape[1]), "duration": round(len(x) / sr, 4)}
-    if len(x) == 0 or not np.isfinite(x).all():
-        return info, None, "empty or non-finite audio"
-    mono = x.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    mono = loaded.samples
+    info = {"sample_rate": loaded.source_rate, "channels": loaded.channels,
+            "duration": round(loaded.source_samples / loaded.source_rate, 4)}
     peak = float(np.abs(mono).max())
     info["gain_db"] = round(-20 * math.log10(peak), 3) if peak > 1.0 else 0.0  # decoded overshoot
     if peak > 1.0:
