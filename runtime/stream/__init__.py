@@ -36,8 +36,9 @@ before any state changes, so the stream stays usable.
 """
 from meltok_runtime.stream.decoder import StreamDecoder
 from meltok_runtime.stream.encoder import StreamEncoder
-from meltok_runtime.stream.spec import (DEFAULT_CONTEXT_SECONDS, DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS,
+from meltok_runtime.stream.spec import (DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_STEP_SECONDS,
                                         StreamSpec)
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS
 
 __all__ = ["StreamDecoder", "StreamEncoder", "StreamSpec", "DEFAULT_CONTEXT_SECONDS", "DEFAULT_FADE_SECONDS",
-           "DEFAULT_LOOKAHEAD_SECONDS"]
+           "DEFAULT_LOOKAHEAD_SECONDS", "DEFAULT_STEP_SECONDS"]
