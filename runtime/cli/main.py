@@ -62,12 +62,12 @@ def main(verbose):
 @force_option
 @stdin_options
 @user_errors
-def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, lookahead):
-    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
-    standard input as it arrives."""
+def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, live, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - reads standard input (a WAV,
+    or raw PCM) to its end and encodes it as a file, or with --live as it arrives."""
     with _open_codec(bundle, backend, threads) as codec, progress_bar("encoding") as progress:
         written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
-                                rate=rate, channels=channels, lookahead=lookahead)
+                                rate=rate, channels=channels, live=live, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / codec.sample_rate:.2f} s, backend {codec.backend})")
 
@@ -155,13 +155,13 @@ def info(path, backend, threads):
 @user_errors
 def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray_address, actors_per_gpu):
     """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable."""
-    from meltok_runtime.dataset.job import progress_bar, tokenize as run
+    from meltok_runtime.dataset.job import tokenize as run
 
     try:
-        with progress_bar("tokenizing") as progress:
+        with progress_bar("tokenizing") as progress:  # by input bytes: a better measure of the work left than items
             summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
                           shard_rows=shard_rows, ray_address=ray_address, actors_per_gpu=actors_per_gpu,
-                          progress=progress)
+                          progress=lambda job: progress(job.bytes_done, job.bytes_total, job.describe()))
     except KeyboardInterrupt:
         click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
         sys.exit(130)
@@ -179,16 +179,16 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, ray
 @click.option("--ids", multiple=True, help="Decode only these items (repeat the option).")
 @click.option("--format", "audio_format", type=click.Choice(["wav", "flac"]), default="wav", show_default=True,
               help="Audio file format (WAV: 32-bit float; FLAC: 24-bit).")
-@click.option("--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
+@click.option("-y", "--force", is_flag=True, help="Rewrite audio files that already exist (default: skip them).")
 @user_errors
 def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, force):
     """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
     from meltok_runtime.dataset.decode import detokenize as run
-    from meltok_runtime.dataset.job import progress_bar
 
-    with progress_bar("decoding", by_bytes=False) as progress:
+    with progress_bar("decoding") as progress:
         summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
-                      force=force, suffix=f".{audio_format}", progress=progress)
+                      force=force, suffix=f".{audio_format}",
+                      progress=lambda job: progress(job.items_done, job.items_total, job.describe()))
     for failure in summary["failures"]:
         click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
     click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "

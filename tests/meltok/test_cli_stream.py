@@ -28,7 +28,7 @@ def test_stdin_encode_and_stream_decode_equal_offline(tiny_local_model, real_cli
     assert token_file.num_samples == [len(pcm)]
 
     done = subprocess.run([str(MELTOK), "decode", "--stream", str(tokens_path), "-m", str(model_path), "-o", "-",
-                           "--format", "f32le", "--push-columns", "5"], capture_output=True, timeout=300, env=env)
+                           "--stream-format", "f32le", "--push-columns", "5"], capture_output=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr.decode()
     assert b"wrote -" in done.stderr
     offline = tiny_local_model.decode(token_file.tokens, num_samples=len(pcm))[0]
