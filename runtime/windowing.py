@@ -221,7 +221,8 @@ class WindowedEncoder(_Incremental):
             hi = self._received if final and k == last else self.column * window.stop - self.hop
             if not final and self._received <= hi:
                 break
-            tokens = np.asarray(self._encode_fn(np.ascontiguousarray(self._audio[:, lo - self._first:hi - self._first])))
+            piece = np.ascontiguousarray(self._audio[:, lo - self._first:hi - self._first])
+            tokens = np.asarray(self._encode_fn(piece))
             if tokens.ndim != 3 or tokens.shape[-1] != window.stop - window.start:
                 raise ValueError(f"encode_fn returned shape {list(tokens.shape)} for {hi - lo} samples; expected "
                                  f"[B, R, {window.stop - window.start}]")

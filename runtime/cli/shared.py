@@ -226,7 +226,8 @@ def encode_source(codec, audio, output, *, force: bool, progress, input_format: 
 
     if audio != "-":
         if live:
-            raise click.UsageError("--live encodes standard input as it arrives: pass AUDIO as - (a file is read whole)")
+            raise click.UsageError("--live encodes standard input as it arrives: pass AUDIO as - (a file is read "
+                                   "whole)")
         if lookahead is not None:
             raise click.UsageError("--lookahead applies to --live (a stream); drop it")
         return encode_file(codec, audio, output, force=force, progress=progress)

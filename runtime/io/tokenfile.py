@@ -337,7 +337,8 @@ def _header_problem(header, version: int) -> str:
         return f"channels {header['channels']!r} is not a positive integer"
     if header.get("streamed", False) is not False and not (
             header["streamed"] is True and _is_number(header.get("lookahead_seconds"))):
-        return f"streamed {header['streamed']!r} / lookahead_seconds {header.get('lookahead_seconds')!r} are not true / seconds"
+        return (f"streamed {header['streamed']!r} / lookahead_seconds {header.get('lookahead_seconds')!r} are not "
+                "true / seconds")
     expected = _payload_bytes(math.prod(shape), header["bits_per_code"])
     if header["payload_bytes"] != expected:
         return f"payload_bytes {header['payload_bytes']} != {expected} for shape {shape}"

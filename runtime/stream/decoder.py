@@ -45,7 +45,7 @@ class StreamDecoder(Stream):
     @property
     def state_nbytes(self) -> int:
         """Bytes of buffered state (token columns and the last window's pending output)."""
-        return self._windows.nbytes
+        return 0 if self._windows is None else self._windows.nbytes
 
     def push(self, tokens) -> np.ndarray:
         """Add token columns (int ``[rows, k]`` or ``[1, rows, k]``, ``k >= 0``); returns the float32

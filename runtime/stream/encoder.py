@@ -43,7 +43,7 @@ class StreamEncoder(Stream):
     @property
     def state_nbytes(self) -> int:
         """Bytes of buffered audio."""
-        return self._windows.nbytes
+        return 0 if self._windows is None else self._windows.nbytes
 
     def push(self, audio) -> np.ndarray:
         """Add float audio ``[n]`` at ``spec.sample_rate`` (any ``n``); returns the int64 tokens

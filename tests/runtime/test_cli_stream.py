@@ -122,8 +122,12 @@ def test_a_wav_on_standard_input_is_read_as_wav_and_raw_pcm_at_any_rate_is_resam
         done = meltok_rt("encode", "-", "-o", tmp_path / f"{name}.mtok", "--threads", 2, *args, stdin=data)
         assert done.returncode == 0, done.stderr.decode()
         np.testing.assert_array_equal(read_tokens(tmp_path / f"{name}.mtok").tokens, want.tokens, err_msg=name)
-    assert info(tmp_path / "wav.mtok")["source"] == {"sample_rate": 48000, "num_samples": [3 * rate],
-                                                      "seconds": [3.0], "channels": 2}
+    source = {"sample_rate": 48000, "num_samples": [3 * rate], "seconds": [3.0], "channels": 2}
+    assert info(tmp_path / "wav.mtok")["source"] == source
+    done = meltok_rt("encode", "-", "--live", "-o", tmp_path / "live.mtok", "--threads", 2, stdin=wav.read_bytes())
+    assert done.returncode == 0, done.stderr.decode()
+    assert info(tmp_path / "live.mtok")["source"] == source  # the live reader parsed the header too
+    assert read_tokens(tmp_path / "live.mtok").tokens.shape == want.tokens.shape
 
     # decode --stream's open-ended WAV piped back in: the header is not taken for samples
     decoded = meltok_rt("decode", "--stream", tmp_path / "file.mtok", "-o", "-", "--threads", 2)

@@ -126,14 +126,15 @@ def test_offline_windows_are_the_stream_planner_given_everything_at_once(audio):
     gives exactly what offline windowing gives, whatever the pushes: one planner for both."""
     window, context = 20, 2  # too little context for the fake: windows show
     seconds = context * COLUMN / RATE
-    layout = dict(context_seconds=seconds, lookahead_seconds=seconds, step_seconds=(window - 2 * context) * COLUMN / RATE)
+    layout = dict(context_seconds=seconds, lookahead_seconds=seconds,
+                  step_seconds=(window - 2 * context) * COLUMN / RATE)
     spec = fake_spec(False, max_columns=window)
     padded = np.pad(audio, (0, padded_length(len(audio), HOP, COMPRESSION) - len(audio)))
     offline = encode_windowed(padded[None], fake_encode, window_columns=window, context_columns=context, hop=HOP,
                               compression=COMPRESSION)[0]
     assert not np.array_equal(offline, offline_encode(audio))  # the windows show
-    np.testing.assert_array_equal(run_encoder(StreamEncoder(fake_encode, spec, **layout), audio, _sizes("random", 4000)),
-                                  offline)
+    streamed = run_encoder(StreamEncoder(fake_encode, spec, **layout), audio, _sizes("random", 4000))
+    np.testing.assert_array_equal(streamed, offline)
     offline_audio = decode_windowed(offline[None], fake_decode, window_columns=window, context_columns=context, hop=HOP,
                                     compression=COMPRESSION)[0]
     decoder = StreamDecoder(fake_decode, spec, fade_seconds=seconds, **layout)
@@ -268,7 +269,7 @@ def test_time_local_bundle_streams_equal_offline(tiny_local_bundle, real_clips):
         np.testing.assert_array_equal(tokens, model.encode(clip)[0])  # and the same tokens as PyTorch
         offline = codec.decode(tokens)[0]
         streamed, _ = run_decoder(codec.stream_decoder(lookahead_seconds=0.0), tokens, [1, 0, 5, 13, 7])
-    assert encoder.exact and streamed.shape == offline.shape
+    assert encoder.exact and streamed.shape == offline.shape and encoder.state_nbytes == 0  # flushed: nothing held
     np.testing.assert_allclose(streamed, offline, rtol=0, atol=1e-5 * np.abs(offline).max())
 
 
