@@ -75,7 +75,7 @@ def _load_model(path):
                    "(`pip install -e '.[trt]'`), at some speed cost.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
-@click.option("--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
+@click.option("-y", "--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
            timing_cache, force):

@@ -92,12 +92,12 @@ def init(preset, output, seed, force):
 @force_option
 @stdin_options
 @user_errors
-def encode(audio, model_path, output, device, force, input_format, rate, channels, lookahead):
-    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
-    standard input as it arrives."""
+def encode(audio, model_path, output, device, force, input_format, rate, channels, live, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - reads standard input (a WAV,
+    or raw PCM) to its end and encodes it as a file, or with --live as it arrives."""
     with _open_codec(model_path, device) as codec, progress_bar("encoding") as progress:
         written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
-                                rate=rate, channels=channels, lookahead=lookahead)
+                                rate=rate, channels=channels, live=live, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / written.sample_rate:.2f} s)")
 

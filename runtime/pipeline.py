@@ -25,10 +25,10 @@ import numpy as np
 
 from meltok_runtime.errors import SettingsError, TokenInputError
 from meltok_runtime.lengths import check_tokens, decoded_length, padded_length, token_columns
-from meltok_runtime.stream import DEFAULT_CONTEXT_SECONDS as STREAM_CONTEXT_SECONDS
-from meltok_runtime.stream import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, StreamDecoder, StreamEncoder, StreamSpec
-from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows, decode_windowed,
-                        encode_windowed, seconds_to_columns)
+from meltok_runtime.stream import (DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_STEP_SECONDS, StreamDecoder,
+                                   StreamEncoder, StreamSpec)
+from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows,
+                                      decode_windowed, encode_windowed, seconds_to_columns)
 
 log = logging.getLogger("meltok_runtime")
 
@@ -195,17 +195,19 @@ class CodecPipeline:
         return {}
 
     def stream_decoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
-                       context_seconds: float = STREAM_CONTEXT_SECONDS,
-                       fade_seconds: float = DEFAULT_FADE_SECONDS) -> StreamDecoder:
-        """A stream that decodes tokens as they arrive (``streaming``); exact for time-local models."""
+                       context_seconds: float = DEFAULT_CONTEXT_SECONDS, fade_seconds: float = DEFAULT_FADE_SECONDS,
+                       step_seconds: float = DEFAULT_STEP_SECONDS) -> StreamDecoder:
+        """A stream that decodes tokens as they arrive (``stream``); exact for time-local models."""
         return StreamDecoder(self._decode_graph, self._stream_spec(), lookahead_seconds=lookahead_seconds,
-                             context_seconds=context_seconds, fade_seconds=fade_seconds)
+                             context_seconds=context_seconds, fade_seconds=fade_seconds, step_seconds=step_seconds)
 
     def stream_encoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
-                       context_seconds: float = STREAM_CONTEXT_SECONDS) -> StreamEncoder:
-        """A stream that encodes audio at ``sample_rate`` as it is captured (``streaming``)."""
+                       context_seconds: float = DEFAULT_CONTEXT_SECONDS,
+                       step_seconds: float = DEFAULT_STEP_SECONDS) -> StreamEncoder:
+        """A stream that encodes audio at ``sample_rate`` as it is captured (``stream``): its tokens depend
+        only on the audio and these settings, not on how the audio is cut into pushes."""
         return StreamEncoder(self._encode_graph, self._stream_spec(), lookahead_seconds=lookahead_seconds,
-                             context_seconds=context_seconds)
+                             context_seconds=context_seconds, step_seconds=step_seconds)
 
     def _stream_spec(self) -> StreamSpec:
         return StreamSpec.from_contract(self.stream_contract, sample_rate=self.sample_rate, hop_length=self.hop_length,

@@ -53,7 +53,7 @@ def test_every_package_and_command_line_has_the_installed_version():
     ("meltok", ["encode", "song.flac"], "Missing option '-o' / '--output'; see 'meltok encode --help'"),
     ("meltok", ["encdoe"], "No such command 'encdoe'"),
     ("meltok", ["data", "clips"], "Missing argument 'CORPUS'; see 'meltok data clips --help'"),
-    ("meltok", ["train", "stage1", "--data", "c"], "Missing option '--out'"),
+    ("meltok", ["train", "stage1", "--data", "c"], "Missing option '-o' / '--output'"),
     ("meltok-rt", ["decode", "x.mtok", "--bogus"], "No such option '--bogus'"),
     ("meltok-rt", ["encode", "a.wav", "-o", "."], "is a directory"),
     ("meltok-export", ["model.safetensors"], "Missing option '-o' / '--output'"),
@@ -82,7 +82,7 @@ def test_unavailable_device_is_one_line_naming_the_available_ones(command, devic
     args = {"encode": ["encode", real_clip_paths["speech"], "-o", tmp_path / "x.mtok"],
             "decode": ["decode", tokens, "-o", tmp_path / "x.wav"],
             "eval": ["eval", default_model_path(), real_clip_paths["speech"].parent],
-            "train": ["train", "stage1", "--data", tmp_path, "--out", tmp_path / "run"]}[command]
+            "train": ["train", "stage1", "--data", tmp_path, "-o", tmp_path / "run"]}[command]
     result = CliRunner().invoke(meltok_main, [*map(str, args), "--device", device], prog_name="meltok")
     assert result.exit_code == 1
     line = one_line(result.output)
@@ -116,3 +116,28 @@ def test_meltok_export_without_torch_names_the_export_extra(tmp_path):
     assert "'torch'" in line and "pip install -e '.[export]'" in line
     assert not (tmp_path / "bundle").exists()
     assert run_blocking_torch("meltok_export.cli", "meltok-export", "--help").returncode == 0
+
+
+def _commands(command, path=()):
+    """``(path, command)`` of every command under a click group, the group's own included."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_one_vocabulary_across_the_command_lines():
+    """-o/--output for every output, -y/--force for every replacement, --format only ever an audio file format."""
+    seen = []
+    for prog, main in COMMAND_LINES.items():
+        for path, command in _commands(main):
+            for param in command.params:
+                names, where = set(param.opts) | set(param.secondary_opts), " ".join((prog, *path))
+                seen.append(where)
+                assert "--out" not in names, where
+                if "--output" in names:
+                    assert "-o" in names, where
+                if "--force" in names:
+                    assert "-y" in names, where
+                if "--format" in names:
+                    assert set(param.type.choices) <= {"wav", "flac", "ogg"}, where
+    assert "meltok train stage1" in seen and "meltok-rt detokenize" in seen and "meltok-export" in seen

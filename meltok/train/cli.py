@@ -5,7 +5,7 @@ The configuration is, in order of precedence: the options given here (``--steps`
 then ``--config FILE.json``, then the run folder's own ``config.json`` when resuming, then the
 defaults (the reference recipe; on the CPU ``config.CPU_DEFAULTS`` for a new run).
 
-Multi-GPU: ``torchrun --nproc-per-node 8 -m meltok.train.cli stage1 --data C --out RUN ...``.
+Multi-GPU: ``torchrun --nproc-per-node 8 -m meltok.train.cli stage1 --data C -o RUN ...``.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _options(command):
                      help="TrainConfig JSON (partial files are fine); default: RUN/config.json, else defaults."),
         click.option("--data", required=True, type=click.Path(file_okay=False),
                      help="Corpus folder (from `meltok data build`)."),
-        click.option("--out", required=True, type=click.Path(file_okay=False),
+        click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
                      help="Run folder; resumed when it holds checkpoints."),
         click.option("--preset", default=None,
                      help="Model preset: paper, edge, tiny, or the time-local edge-local, tiny-local."),

@@ -74,7 +74,7 @@ def resume_config(config: TrainConfig, state: dict, out: Path) -> TrainConfig:
         if old != new:
             raise TrainConfigError(
                 f"{out} holds a checkpoint with {name}={old!r} but this run asks for {new!r}; "
-                "use the run's config (omit --config to reuse RUN/config.json) or a new --out folder")
+                "use the run's config (omit --config to reuse RUN/config.json) or a new -o/--output folder")
     changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
     if changed:
         log.info("resuming with changed settings: %s", ", ".join(sorted(changed)))

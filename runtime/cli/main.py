@@ -66,12 +66,12 @@ def main(verbose):
 @force_option
 @stdin_options
 @user_errors
-def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, lookahead):
-    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - encodes raw PCM from
-    standard input as it arrives."""
+def encode(audio, bundle, output, backend, threads, force, input_format, rate, channels, live, lookahead):
+    """Encode an audio file (any format soundfile reads) to a token file; AUDIO = - reads standard input (a WAV,
+    or raw PCM) to its end and encodes it as a file, or with --live as it arrives."""
     with _open_codec(bundle, backend, threads) as codec, progress_bar("encoding") as progress:
         written = encode_source(codec, audio, output, force=force, progress=progress, input_format=input_format,
-                                rate=rate, channels=channels, lookahead=lookahead)
+                                rate=rate, channels=channels, live=live, lookahead=lookahead)
     click.echo(f"wrote {output}: {written.tokens.shape[-1]} columns x {written.tokens.shape[1]} rows "
                f"({written.num_samples[0] / codec.sample_rate:.2f} s, backend {codec.backend})")
 
@@ -164,13 +164,14 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, com
              actors_per_gpu):
     """Tokenize audio folders, files or manifests (.txt, .csv, .tsv, .jsonl) into a Parquet dataset; resumable
     (Ctrl-C and SIGTERM stop it cleanly)."""
-    from meltok_runtime.dataset.job import progress_bar, tokenize as run
+    from meltok_runtime.dataset.job import tokenize as run
 
     try:
-        with progress_bar("tokenizing") as progress:
+        with progress_bar("tokenizing") as progress:  # by input bytes: a better measure of the work left than items
             summary = run(sources, output, bundle=bundle, backend=backend, workers=workers, threads=threads,
                           shard_rows=shard_rows, commit_seconds=commit_seconds, ray_address=ray_address,
-                          actors_per_gpu=actors_per_gpu, progress=progress)
+                          actors_per_gpu=actors_per_gpu,
+                          progress=lambda job: progress(job.bytes_done, job.bytes_total, job.describe()))
     except KeyboardInterrupt:
         click.echo("interrupted; the shards written so far are kept: run the same command to resume", err=True)
         sys.exit(130)
@@ -197,15 +198,16 @@ def tokenize(sources, output, bundle, backend, workers, threads, shard_rows, com
 def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, original_rate, keep_suffix, force):
     """Decode a token dataset (or Parquet rows in its schema) to audio files; resumable."""
     from meltok_runtime.dataset.decode import detokenize as run
-    from meltok_runtime.dataset.job import progress_bar, terminate_as_interrupt
+    from meltok_runtime.dataset.job import terminate_as_interrupt
 
     if original_rate:
         click.echo("writing each item at its source file's sample rate (--original-rate)", err=True)
     try:
-        with terminate_as_interrupt(), progress_bar("decoding", by_bytes=False) as progress:
+        with terminate_as_interrupt(), progress_bar("decoding") as progress:
             summary = run(dataset, output, bundle=bundle, backend=backend, threads=threads, ids=list(ids) or None,
                           force=force, suffix=f".{audio_format}", keep_suffix=keep_suffix,
-                          original_rate=original_rate, progress=progress)
+                          original_rate=original_rate,
+                          progress=lambda job: progress(job.items_done, job.items_total, job.describe()))
     except KeyboardInterrupt:
         click.echo("interrupted; the files written so far are complete and kept: run the same command to resume",
                    err=True)

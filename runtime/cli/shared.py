@@ -3,7 +3,10 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import os
+import signal
 import sys
+import time
 
 import click
 
@@ -11,6 +14,8 @@ from meltok_runtime import __version__
 from meltok_runtime.errors import MeltokError
 from meltok_runtime.io.pcm import INPUT_FORMATS, OUTPUT_FORMATS
 from meltok_runtime.stream import DEFAULT_LOOKAHEAD_SECONDS
+
+PROGRESS_LOG_SECONDS = 5.0  # outside a terminal: a progress line this often
 
 log = logging.getLogger("meltok_runtime")
 
@@ -110,25 +115,45 @@ subtype_option = click.option("--subtype", type=click.Choice(["PCM_16", "PCM_24"
 
 
 @contextlib.contextmanager
-def progress_bar(label: str):
-    """Yield a ``progress(done, total)`` callback that draws a bar on stderr once a job has more than
-    one step (the pipeline's own window count drives it)."""
-    bar = None
+def progress_bar(label: str, *, terminal: bool | None = None, interval: float = PROGRESS_LOG_SECONDS):
+    """Yield ``progress(done, total, note=None)``, the one progress display of every command (``total``
+    None: open-ended, e.g. a live input). On a terminal: a bar on stderr once a job has more than one
+    step (open-ended: one line redrawn); elsewhere (a log file, a pipe): a line on stderr every
+    ``interval`` seconds and one at the end, never carriage returns."""
+    terminal = sys.stderr.isatty() if terminal is None else terminal
+    state = {"bar": None, "last": time.monotonic(), "line": None, "drawn": False}
 
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            if total <= 1:
-                return
-            bar = click.progressbar(length=total, label=label, file=sys.stderr)
-            bar.__enter__()
-        bar.update(done - bar.pos)
+    def update(done: int, total: int | None, note: str | None = None) -> None:
+        if total is not None and total <= 1:
+            return
+        line = f"{label}: " + (f"{done}/{total}" if total is not None else "") + (
+            (" " if total is not None else "") + f"({note})" if note else "")
+        if not terminal:
+            state["line"] = line
+            now = time.monotonic()
+            if now - state["last"] >= interval:
+                click.echo(line, err=True)
+                state["last"], state["line"] = now, None
+            return
+        if total is None:
+            click.echo(f"\r{line}", err=True, nl=False)
+            state["drawn"] = True
+            return
+        if state["bar"] is None:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
+                                             item_show_func=lambda shown: shown)
+            state["bar"].__enter__()
+        state["bar"].update(done - state["bar"].pos, note)
 
     try:
         yield update
     finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+        elif state["drawn"]:
+            click.echo("", err=True)
+        elif state["line"] is not None:
+            click.echo(state["line"], err=True)
 
 
 def report_rate(rate: int, model_rate: int, recorded: int | None) -> None:
@@ -154,22 +179,26 @@ def _options(*options):
 
 
 _lookahead_option = click.option(
-    "--lookahead", type=click.FloatRange(min=0), default=DEFAULT_LOOKAHEAD_SECONDS, show_default=True,
-    help="Streaming lookahead in seconds (time-local models get at least what exactness needs).")
+    "--lookahead", type=click.FloatRange(min=0), default=None,
+    help=f"Streaming lookahead in seconds (default {DEFAULT_LOOKAHEAD_SECONDS}; time-local models get at least what "
+         "exactness needs).")
 
 stdin_options = _options(
     click.option("--input-format", type=click.Choice(sorted(INPUT_FORMATS)), default="s16le", show_default=True,
-                 help="Raw PCM format of standard input (AUDIO = -)."),
+                 help="Sample format of raw PCM on standard input (AUDIO = -); a WAV is recognised by its header."),
     click.option("--rate", type=click.IntRange(min=1), default=44100, show_default=True,
-                 help="Sample rate of standard input; must be the model's."),
+                 help="Sample rate of raw PCM on standard input (resampled to the model's as files are)."),
     click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Interleaved channels of standard input (mixed down)."),
+                 help="Interleaved channels of raw PCM on standard input (mixed down)."),
+    click.option("--live", is_flag=True,
+                 help="Encode standard input as it arrives (a stream: tokens differ from a file's for models that "
+                      "are not time-local; the token file records it). Default: read it to its end first."),
     _lookahead_option)
 
 stream_options = _options(
     click.option("--stream", is_flag=True, help="Decode as a stream to standard output (-o -), as it is decoded."),
-    click.option("--format", "stream_format", type=click.Choice(OUTPUT_FORMATS), default="wav", show_default=True,
-                 help="With --stream: 16-bit WAV with an open-ended header, or raw PCM."),
+    click.option("--stream-format", type=click.Choice(OUTPUT_FORMATS), default="wav", show_default=True,
+                 help="With --stream: 16-bit WAV with an open-ended header, or raw PCM (s16le, f32le)."),
     click.option("--push-columns", type=click.IntRange(min=1), default=4, show_default=True,
                  help="With --stream: token columns pushed at a time."),
     _lookahead_option)
@@ -188,38 +217,61 @@ def check_stream_output(output, stream: bool) -> None:
 
 
 def encode_source(codec, audio, output, *, force: bool, progress, input_format: str, rate: int, channels: int,
-                  lookahead: float):
-    """``encode AUDIO``: an audio file through ``codec_files.encode_file``, or for ``-`` raw PCM from
-    standard input through a stream, progress on stderr; returns the TokenFile written."""
+                  live: bool, lookahead: float | None):
+    """``encode AUDIO``: an audio file, or for ``-`` standard input (a WAV or raw PCM) read to its end and
+    encoded as a file is, or with ``--live`` encoded by a stream as it arrives; returns the TokenFile written."""
     from meltok_runtime.io.files import encode_file
-    from meltok_runtime.stream.files import encode_pcm_stream
+    from meltok_runtime.io.pcm import raw_layout
+    from meltok_runtime.stream.files import encode_live, encode_stdin
 
     if audio != "-":
+        if live:
+            raise click.UsageError("--live encodes standard input as it arrives: pass AUDIO as - (a file is read "
+                                   "whole)")
+        if lookahead is not None:
+            raise click.UsageError("--lookahead applies to --live (a stream); drop it")
         return encode_file(codec, audio, output, force=force, progress=progress)
-    written = encode_pcm_stream(
-        codec, click.get_binary_stream("stdin"), output, input_format=input_format, rate=rate, channels=channels,
-        lookahead_seconds=lookahead, force=force,
-        progress=lambda seconds: click.echo(f"\rencoded {seconds:.0f} s", err=True, nl=False))
-    click.echo("", err=True)
-    return written
+    layout = raw_layout(input_format, rate, channels)
+    source = click.get_binary_stream("stdin")
+    if not live:
+        if lookahead is not None:
+            raise click.UsageError("--lookahead applies to --live (a stream); drop it, or add --live")
+        return encode_stdin(codec, source, output, layout=layout, force=force, progress=progress)
+    lookahead = DEFAULT_LOOKAHEAD_SECONDS if lookahead is None else lookahead
+    return encode_live(codec, source, output, layout=layout, lookahead_seconds=lookahead, force=force,
+                       progress=lambda seconds: progress(int(seconds), None, f"{seconds:.0f} s encoded"))
 
 
 def decode_source(codec, tokens, output, *, original_rate: bool, force: bool, subtype, progress, stream: bool,
-                  stream_format: str, push_columns: int, lookahead: float):
-    """``decode TOKENS -o OUT``: a file through ``codec_files.decode_file`` (returns what it wrote), or with
+                  stream_format: str, push_columns: int, lookahead: float | None):
+    """``decode TOKENS -o OUT``: a file through ``io.files.decode_file`` (returns what it wrote), or with
     ``--stream`` audio on standard output as it is decoded, progress and a closing line on stderr (None).
     The rate written is reported on stderr."""
     from meltok_runtime.io.files import decode_file
     from meltok_runtime.stream.files import decode_to_stream
 
     if not stream:
+        if lookahead is not None:
+            raise click.UsageError("--lookahead applies to --stream; drop it")
         written = decode_file(codec, tokens, output, original_rate=original_rate, force=force, subtype=subtype,
                               progress=progress)
         report_rate(written.sample_rate, codec.sample_rate, written.recorded_rate)
         return written
-    written = decode_to_stream(
-        codec, tokens, click.get_binary_stream("stdout"), output_format=stream_format, push_columns=push_columns,
-        lookahead_seconds=lookahead,
-        progress=lambda done, total: click.echo(f"\rdecoded {done}/{total} columns", err=True, nl=False))
-    click.echo(f"\nwrote - ({written.num_samples[0] / codec.sample_rate:.2f} s at {codec.sample_rate} Hz)", err=True)
+    if subtype is not None:
+        raise click.UsageError("--subtype sets the sample format of files; with --stream choose --stream-format "
+                               "(wav: 16-bit, s16le or f32le)")
+    if force:
+        raise click.UsageError("-y/--force replaces files; --stream writes to standard output, where there is "
+                               "nothing to replace: drop it")
+    lookahead = DEFAULT_LOOKAHEAD_SECONDS if lookahead is None else lookahead
+    try:
+        token_file, rate = decode_to_stream(
+            codec, tokens, click.get_binary_stream("stdout"), output_format=stream_format, push_columns=push_columns,
+            lookahead_seconds=lookahead, original_rate=original_rate, progress=progress)
+    except BrokenPipeError:
+        # the reader left (``| head``): stop quietly, as Unix tools do when SIGPIPE ends them
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+    report_rate(rate, codec.sample_rate, token_file.source_sample_rate)
+    click.echo(f"wrote - ({token_file.num_samples[0] / codec.sample_rate:.2f} s at {rate} Hz)", err=True)
     return None

@@ -1,4 +1,4 @@
-"""``tokenize``: sources -> items -> a dataset folder, on local workers or on Ray; and the progress bar.
+"""``tokenize``: sources -> items -> a dataset folder, on local workers or on Ray.
 
 >>> from meltok_runtime.dataset.job import tokenize
 >>> summary = tokenize(["music/", "list.csv"], "dataset/", workers=2)          # local processes
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 
 from meltok_runtime.dataset.items import dataset_identity
@@ -66,29 +65,3 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def progress_bar(label: str, by_bytes: bool = True):
-    """A ``progress(JobProgress)`` callback drawing a bar on stderr: items, hours, x real time, ETA.
-
-    The bar advances by input bytes (``by_bytes``; a better measure of work left than items) or items.
-    """
-    import click
-
-    state = {}
-
-    def update(stats):
-        if "bar" not in state:
-            length = stats.bytes_total if by_bytes else stats.items_total
-            state["bar"] = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, show_eta=True,
-                                             item_show_func=lambda described: described)
-            state["bar"].__enter__()
-        bar = state["bar"]
-        bar.update((stats.bytes_done if by_bytes else stats.items_done) - bar.pos, stats.describe())
-
-    try:
-        yield update
-    finally:
-        if "bar" in state:
-            state["bar"].__exit__(None, None, None)

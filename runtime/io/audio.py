@@ -4,6 +4,7 @@ Arrays are float32 with time last: a file is ``[C, N]`` (channels, samples), a m
 ``[B, N]`` (batch of mono signals).
 """
 import io
+import struct
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,8 +12,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.errors import AudioInputError, OutputPathError, SettingsError
+from meltok_runtime.io.atomic import atomic_output
+from meltok_runtime.io.pcm import warn_full_scale
 
 # Output container and sample format by file suffix. WAV keeps float32 so nothing clips.
 OUTPUT_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24"), ".ogg": ("OGG", "VORBIS")}
@@ -137,8 +139,10 @@ def resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarra
 def write_audio(path, audio, sample_rate: int, *, subtype: str | None = None) -> None:
     """Write float ``[N]`` or ``[C, N]`` audio atomically; the suffix picks the format.
 
-    ``.wav``: 32-bit float WAV (nothing clips); ``.flac``: 24-bit FLAC (clipped to [-1, 1]);
-    ``.ogg``: Ogg Vorbis. ``subtype`` (``PCM_16``, ``PCM_24``, ``FLOAT``) overrides the sample format.
+    ``.wav``: 32-bit float WAV (nothing clips; its fmt chunk has the ``cbSize`` field a non-PCM format
+    needs, which sox asks for); ``.flac``: 24-bit FLAC (clipped to [-1, 1]); ``.ogg``: Ogg Vorbis.
+    ``subtype`` (``PCM_16``, ``PCM_24``, ``FLOAT``) overrides the sample format. Audio above full
+    scale is said on stderr (logging), with what to do.
     """
     sample_rate = _check_rate(sample_rate, "sample_rate")
     container, subtype = output_format(path, subtype)
@@ -147,9 +151,14 @@ def write_audio(path, audio, sample_rate: int, *, subtype: str | None = None) ->
         # The format is named, so the temporary needs no audio suffix: a stale one left by a killed
         # process is then never taken for audio by a folder scan (``*.flac``, ``meltok data build``).
         with atomic_output(path) as tmp:
-            sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
+            if container == "WAV" and subtype == "FLOAT" and frames.nbytes < 2 ** 32 - 64:
+                _write_float_wav(tmp, frames, sample_rate)
+            else:
+                sf.write(tmp, frames, sample_rate, format=container, subtype=subtype)
     except (sf.SoundFileError, OSError) as err:
         raise OutputPathError(f"cannot write audio file {str(path)!r}: {err}; check the folder and free space") from err
+    if frames.size:
+        warn_full_scale(float(np.abs(frames).max()), str(path), clipped=subtype != "FLOAT")
 
 
 def _frames(audio) -> np.ndarray:
@@ -166,6 +175,19 @@ def _frames(audio) -> np.ndarray:
     _check_finite(audio, "write_audio")
     return audio.reshape(-1, audio.shape[-1]).T
 
+
+def _write_float_wav(path, frames: np.ndarray, sample_rate: int) -> None:
+    """32-bit float WAV of ``frames`` ``[N, C]``: fmt chunk of 18 bytes (WAVE_FORMAT_IEEE_FLOAT, cbSize 0),
+    fact chunk, data."""
+    count, channels = frames.shape
+    data_bytes = count * channels * 4
+    fmt = struct.pack("<HHIIHHH", 3, channels, sample_rate, sample_rate * 4 * channels, 4 * channels, 32, 0)
+    header = (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 12 + 8 + data_bytes) + b"WAVE"
+              + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, count)
+              + b"data" + struct.pack("<I", data_bytes))
+    with open(path, "wb") as out:
+        out.write(header)
+        np.ascontiguousarray(frames, dtype="<f4").tofile(out)
 
 def output_format(path, subtype: str | None = None) -> tuple[str, str]:
     """``(container, subtype)`` that ``write_audio`` uses for ``path``; refuses an unknown suffix or a

@@ -16,7 +16,7 @@ from pathlib import Path
 from meltok_runtime.io.atomic import check_new_output
 from meltok_runtime.io.audio import load_audio, output_format, write_audio
 from meltok_runtime.pipeline import CodecPipeline
-from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_tokens
+from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, read_tokens, write_token_file
 from meltok_runtime.windowing import Progress
 
 log = logging.getLogger("meltok_runtime")
@@ -40,19 +40,30 @@ def encode_file(codec: CodecPipeline, source, output, *, force: bool = False,
     """Encode the audio file ``source`` into the token file ``output``; returns what was written."""
     output = check_new_output(output, inputs=[source], force=force, suffixes=TOKEN_SUFFIXES, what="token file")
     samples, rate = load_audio(source)
-    batch = codec.prepare(samples[None], rate)
+    return encode_audio(codec, samples, rate, output, name=str(source), progress=progress)
+
+
+def encode_audio(codec: CodecPipeline, samples, rate: int, output, *, name: str,
+                 progress: Progress | None = None) -> TokenFile:
+    """Encode float32 audio ``[C, N]`` at ``rate`` (read from ``name``) into the token file ``output``
+    (already checked), recording the rate, length and channels it had; returns what was written."""
     if samples.shape[0] > 1:
-        log.warning("mixing the %d channels of %s down to mono", samples.shape[0], source)
+        log.warning("mixing the %d channels of %s down to mono", samples.shape[0], name)
     if rate != codec.sample_rate:
-        log.warning("resampling %s from %d Hz to %d Hz", source, rate, codec.sample_rate)
-    tokens = codec.encode_prepared(batch, progress=progress)
-    written = TokenFile(tokens=tokens, sample_rate=codec.sample_rate, num_samples=[batch.shape[-1]],
-                        model_id=codec.model_id, codebook_size=codec.codebook_size, version=FORMAT_VERSION,
-                        source_sample_rate=rate, source_num_samples=[samples.shape[-1]])
-    write_tokens(output, tokens, sample_rate=written.sample_rate, num_samples=written.num_samples,
-                 model_id=written.model_id, codebook_size=written.codebook_size,
-                 source_sample_rate=rate, source_num_samples=written.source_num_samples)
+        log.warning("resampling %s from %d Hz to %d Hz", name, rate, codec.sample_rate)
+    written = token_file_of(codec, samples, rate, progress=progress)
+    write_token_file(output, written)
     return written
+
+
+def token_file_of(codec: CodecPipeline, samples, rate: int, *, progress: Progress | None = None) -> TokenFile:
+    """The ``TokenFile`` of float32 audio ``[C, N]`` at ``rate``: tokens of the prepared audio and the
+    rate, length and channels the audio had (what ``meltok-rt encode`` and the server's encode write)."""
+    batch = codec.prepare(samples[None], rate)
+    tokens = codec.encode_prepared(batch, progress=progress)
+    return TokenFile(tokens=tokens, sample_rate=codec.sample_rate, num_samples=[batch.shape[-1]],
+                     model_id=codec.model_id, codebook_size=codec.codebook_size, version=FORMAT_VERSION,
+                     source_sample_rate=rate, source_num_samples=[samples.shape[-1]], channels=samples.shape[0])
 
 
 def decode_file(codec: CodecPipeline, source, output, *, original_rate: bool = False, force: bool = False,

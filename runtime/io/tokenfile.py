@@ -19,7 +19,10 @@ item), ``shape`` ([B, R, T]: batch, token rows, token columns), ``codebook_size`
 ``"batch, row, time (time fastest)"``), ``payload_bytes`` (P) and ``payload_crc32`` (zlib CRC-32
 of the payload). Optional keys (readers of older files find them absent): ``source_sample_rate``
 (int, Hz) and ``source_num_samples`` (list of int), the rate and lengths of the audio before it was
-resampled to ``sample_rate`` for encoding, so a decoder can restore them. Nothing follows the payload.
+resampled to ``sample_rate`` for encoding, so a decoder can restore them; ``channels`` (int), the
+channels the audio had before they were mixed down; ``streamed`` (``true`` when the tokens were
+encoded live by a stream, whose tokens differ from offline encoding's for models that are not
+time-local) with ``lookahead_seconds`` (float), that stream's lookahead. Nothing follows the payload.
 
 Packing: the codes are taken in C order of ``[B, R, T]``; code ``i`` occupies bits
 ``i * bits .. (i + 1) * bits - 1`` of the payload, least significant bit first, where bit ``k``
@@ -60,13 +63,25 @@ class TokenFile:
     version: int
     source_sample_rate: int | None = None  # the audio's rate before resampling, when recorded
     source_num_samples: list | None = None  # its lengths at that rate
+    channels: int | None = None  # its channels before the mixdown, when recorded
+    streamed: bool = False  # encoded live by a stream
+    lookahead_seconds: float | None = None  # that stream's lookahead
 
     def describe(self) -> dict:
         """A JSON-ready summary (what ``meltok info`` and ``meltok-rt info`` print)."""
-        return {"kind": "tokens", "version": self.version, "model_id": self.model_id,
-                "sample_rate": self.sample_rate, "num_samples": self.num_samples,
-                "seconds": [n / self.sample_rate for n in self.num_samples], "shape": list(self.tokens.shape),
-                "codebook_size": self.codebook_size, "distinct_codes": int(np.unique(self.tokens).size)}
+        summary = {"kind": "tokens", "version": self.version, "model_id": self.model_id,
+                   "sample_rate": self.sample_rate, "num_samples": self.num_samples,
+                   "seconds": [n / self.sample_rate for n in self.num_samples], "shape": list(self.tokens.shape),
+                   "codebook_size": self.codebook_size, "distinct_codes": int(np.unique(self.tokens).size)}
+        if self.source_sample_rate is not None or self.channels is not None:
+            summary["source"] = {"sample_rate": self.source_sample_rate, "num_samples": self.source_num_samples,
+                                 "seconds": None if self.source_sample_rate is None else
+                                 [n / self.source_sample_rate for n in self.source_num_samples],
+                                 "channels": self.channels}
+        summary["streamed"] = self.streamed
+        if self.streamed:
+            summary["lookahead_seconds"] = self.lookahead_seconds
+        return summary
 
 
 def pack_codes(codes, bits: int) -> bytes:
@@ -98,7 +113,8 @@ def unpack_codes(buf, count: int, bits: int) -> np.ndarray:
 
 
 def tokens_to_bytes(tokens, *, sample_rate: int, num_samples, model_id: str, codebook_size: int = 8192,
-                    source_sample_rate: int | None = None, source_num_samples=None) -> bytes:
+                    source_sample_rate: int | None = None, source_num_samples=None, channels: int | None = None,
+                    streamed: bool = False, lookahead_seconds: float | None = None) -> bytes:
     """Serialise tokens (int ``[B, R, T]`` or ``[R, T]``) to the token-file layout above."""
     try:
         tokens = np.asarray(tokens)
@@ -132,6 +148,15 @@ def tokens_to_bytes(tokens, *, sample_rate: int, num_samples, model_id: str, cod
             raise TokenFileError(f"source_sample_rate is {source_sample_rate!r}; expected a positive integer (Hz)")
         header["source_sample_rate"] = int(source_sample_rate)
         header["source_num_samples"] = _num_samples_list(source_num_samples, tokens.shape[0])
+    if channels is not None:
+        if not _is_int(channels) or channels < 1:
+            raise TokenFileError(f"channels is {channels!r}; expected a positive integer")
+        header["channels"] = int(channels)
+    if streamed:
+        if not _is_number(lookahead_seconds) or lookahead_seconds < 0:
+            raise TokenFileError(f"lookahead_seconds is {lookahead_seconds!r}; a streamed token file records its "
+                                 "stream's lookahead, a non-negative number of seconds")
+        header["streamed"], header["lookahead_seconds"] = True, float(lookahead_seconds)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + payload
 
@@ -178,25 +203,46 @@ def tokens_from_bytes(data: bytes, *, name: str = "<bytes>") -> TokenFile:
     return TokenFile(tokens=tokens, sample_rate=header["sample_rate"], num_samples=header["num_samples"],
                      model_id=header["model_id"], codebook_size=header["codebook_size"], version=version,
                      source_sample_rate=header.get("source_sample_rate"),
-                     source_num_samples=header.get("source_num_samples"))
+                     source_num_samples=header.get("source_num_samples"), channels=header.get("channels"),
+                     streamed=header.get("streamed", False), lookahead_seconds=header.get("lookahead_seconds"))
 
 
 def write_tokens(path, tokens, *, sample_rate: int, num_samples, model_id: str, codebook_size: int = 8192,
-                 source_sample_rate: int | None = None, source_num_samples=None) -> None:
+                 source_sample_rate: int | None = None, source_num_samples=None, channels: int | None = None,
+                 streamed: bool = False, lookahead_seconds: float | None = None) -> None:
     """Write tokens (int ``[B, R, T]`` or ``[R, T]``) to ``path`` atomically.
 
     ``num_samples`` is the original audio length at ``sample_rate``: one int for every item, or a
     list of B ints; ``source_sample_rate`` and ``source_num_samples`` (optional) the rate and
-    lengths the audio had before it was resampled.
+    lengths the audio had before it was resampled, ``channels`` its channels; ``streamed`` with
+    ``lookahead_seconds``: encoded live by a stream.
     """
     data = tokens_to_bytes(tokens, sample_rate=sample_rate, num_samples=num_samples, model_id=model_id,
                            codebook_size=codebook_size, source_sample_rate=source_sample_rate,
-                           source_num_samples=source_num_samples)
+                           source_num_samples=source_num_samples, channels=channels, streamed=streamed,
+                           lookahead_seconds=lookahead_seconds)
     try:
         with atomic_output(path) as tmp:
             tmp.write_bytes(data)
     except OSError as err:
         raise OutputPathError(f"cannot write token file {str(path)!r}: {err}; check the folder and free space") from err
+
+
+def write_token_file(path, token_file: TokenFile) -> None:
+    """``write_tokens`` of everything ``token_file`` holds."""
+    write_tokens(path, token_file.tokens, **_header_fields(token_file))
+
+
+def token_file_bytes(token_file: TokenFile) -> bytes:
+    """The bytes ``write_token_file`` writes for ``token_file``."""
+    return tokens_to_bytes(token_file.tokens, **_header_fields(token_file))
+
+
+def _header_fields(token_file: TokenFile) -> dict:
+    return dict(sample_rate=token_file.sample_rate, num_samples=token_file.num_samples, model_id=token_file.model_id,
+                codebook_size=token_file.codebook_size, source_sample_rate=token_file.source_sample_rate,
+                source_num_samples=token_file.source_num_samples, channels=token_file.channels,
+                streamed=token_file.streamed, lookahead_seconds=token_file.lookahead_seconds)
 
 
 def read_tokens(path) -> TokenFile:
@@ -219,6 +265,10 @@ def _payload_bytes(count: int, bits: int) -> int:
 
 def _code_bits(codebook_size: int) -> int:
     return max(1, (codebook_size - 1).bit_length())
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value) -> bool:
@@ -291,6 +341,12 @@ def _header_problem(header, version: int) -> str:
         if not (_is_int(rate) and rate > 0 and isinstance(lengths, list) and len(lengths) == shape[0]
                 and all(_is_int(n) and n >= 0 for n in lengths)):
             return f"source_sample_rate {rate!r} / source_num_samples {lengths!r} do not describe {shape[0]} items"
+    if "channels" in header and not (_is_int(header["channels"]) and header["channels"] >= 1):
+        return f"channels {header['channels']!r} is not a positive integer"
+    if header.get("streamed", False) is not False and not (
+            header["streamed"] is True and _is_number(header.get("lookahead_seconds"))):
+        return (f"streamed {header['streamed']!r} / lookahead_seconds {header.get('lookahead_seconds')!r} are not "
+                "true / seconds")
     expected = _payload_bytes(math.prod(shape), header["bits_per_code"])
     if header["payload_bytes"] != expected:
         return f"payload_bytes {header['payload_bytes']} != {expected} for shape {shape}"

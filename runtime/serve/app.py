@@ -26,7 +26,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meltok_runtime.errors import MeltokError, SettingsError
-from meltok_runtime.io.tokenfile import tokens_to_bytes
+from meltok_runtime.io.tokenfile import token_file_bytes
 from meltok_runtime.manifest import file_sha256
 from meltok_runtime.serve import protocol
 from meltok_runtime.serve.batcher import BatchedCodec
@@ -203,10 +203,7 @@ def _encode_work(codec, body, params, content_type, wants_json):
     token_file = encode_body(codec, body, params)
     if wants_json:
         return tokens_json(token_file), "application/json"
-    return tokens_to_bytes(token_file.tokens, sample_rate=token_file.sample_rate, num_samples=token_file.num_samples,
-                           model_id=token_file.model_id, codebook_size=token_file.codebook_size,
-                           source_sample_rate=token_file.source_sample_rate,
-                           source_num_samples=token_file.source_num_samples), "application/octet-stream"
+    return token_file_bytes(token_file), "application/octet-stream"
 
 
 def _decode_work(codec, body, params, content_type, wants_json):

@@ -13,6 +13,7 @@ import numpy as np
 
 from meltok_runtime.errors import AudioInputError
 from meltok_runtime.io.audio import audio_bytes, read_audio_bytes
+from meltok_runtime.io.files import token_file_of
 from meltok_runtime.io.pcm import INPUT_FORMATS
 from meltok_runtime.io.tokenfile import FORMAT_VERSION, TokenFile, check_token_file, tokens_from_bytes
 from meltok_runtime.pipeline import CodecPipeline
@@ -66,11 +67,7 @@ def read_body_audio(body: bytes, params) -> tuple[np.ndarray, int]:
 def encode_body(codec: CodecPipeline, body: bytes, params) -> TokenFile:
     """Encode one request's audio into the TokenFile ``meltok-rt encode`` writes for it."""
     samples, rate = read_body_audio(body, params)
-    batch = codec.prepare(samples[None], rate)
-    tokens = codec.encode_prepared(batch)
-    return TokenFile(tokens=tokens, sample_rate=codec.sample_rate, num_samples=[batch.shape[-1]],
-                     model_id=codec.model_id, codebook_size=codec.codebook_size, version=FORMAT_VERSION,
-                     source_sample_rate=rate, source_num_samples=[samples.shape[-1]])
+    return token_file_of(codec, samples, rate)
 
 
 def tokens_json(token_file: TokenFile) -> dict:

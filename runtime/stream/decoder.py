@@ -5,31 +5,31 @@ from typing import Callable
 
 import numpy as np
 
-from meltok_runtime.lengths import decoded_length
-from meltok_runtime.stream.spec import (DEFAULT_CONTEXT_SECONDS, DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, Stream,
-                                        StreamSpec, check_columns, samples)
-from meltok_runtime.windowing import raised_cosine
+from meltok_runtime.stream.spec import (DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_STEP_SECONDS, Stream,
+                                        StreamSpec, check_columns, columns, samples)
+from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, WindowedDecoder
 
 
 class StreamDecoder(Stream):
     """Tokens in, audio out; see the module docstring. ``decode_fn``: int64 ``[1, rows, w]`` ->
-    float ``[1, (c * w - 1) * hop]``."""
+    float ``[1, (c * w - 1) * hop]``, or a ``windowing.StatefulDecode`` (state carried window to window)."""
 
     def __init__(self, decode_fn: Callable, spec: StreamSpec, *, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,
-                 context_seconds: float = DEFAULT_CONTEXT_SECONDS, fade_seconds: float = DEFAULT_FADE_SECONDS):
+                 context_seconds: float = DEFAULT_CONTEXT_SECONDS, fade_seconds: float = DEFAULT_FADE_SECONDS,
+                 step_seconds: float = DEFAULT_STEP_SECONDS):
         super().__init__(spec)
-        self._decode_fn = decode_fn
-        self.ahead = samples(lookahead_seconds, "lookahead_seconds", spec)
-        self.behind = samples(context_seconds, "context_seconds", spec)
-        self.fade = samples(fade_seconds, "fade_seconds", spec)
-        if spec.decoder_influence is not None:  # exact: no later column reaches an emitted sample, no earlier one
-            self.ahead = max(self.ahead, -spec.decoder_influence[0])  # reaches the window's first sample
-            self.behind = max(self.behind, spec.decoder_influence[1])
-        self._check_window(self.behind + self.ahead + self.fade)
-        self._tokens = np.zeros((spec.token_rows, 0), dtype=np.int64)  # columns [_first, _received)
-        self._first = self._received = 0
-        self._done = 0  # samples emitted
-        self._pending = np.zeros(0, dtype=np.float32)  # last call's output over [_done, _done + len)
+        column = spec.column
+        left = columns(context_seconds, "context_seconds", spec)
+        right = max(1, columns(lookahead_seconds, "lookahead_seconds", spec))  # a window's last hop needs the next
+        step = max(1, columns(step_seconds, "step_seconds", spec))
+        half = samples(fade_seconds, "fade_seconds", spec) // 2
+        if spec.decoder_influence is not None:  # exact: no missing column reaches an emitted sample
+            low, high = spec.decoder_influence
+            left = max(left, -(-(high + half + 1) // column) - 1)
+            right = max(right, -(-(half - low) // column))
+        self.grid = self._grid(left, step, right)
+        self.fade = 2 * min(half, left * column, right * column - spec.hop_length)
+        self._windows = WindowedDecoder(decode_fn, self.grid, spec.hop_length, spec.compression, self.fade // 2)
 
     @property
     def exact(self) -> bool:
@@ -38,67 +38,31 @@ class StreamDecoder(Stream):
 
     @property
     def latency_seconds(self) -> float:
-        """Algorithmic latency: audio (as token columns, counted from a sample's position) that must
-        arrive before that sample can be emitted, worst case: lookahead + fade + one column."""
-        return (self.ahead + self.fade + self.spec.column) / self.spec.sample_rate
+        """Algorithmic latency, worst case: audio (as token columns, counted from a sample's position)
+        that must arrive before the sample is emitted: a window's kept columns, its lookahead, half the fade."""
+        return (self.spec.column * (self.grid.step + self.grid.right) + self.fade // 2) / self.spec.sample_rate
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of buffered state (token columns and the pending cross-fade)."""
-        return self._tokens.nbytes + self._pending.nbytes
+        """Bytes of buffered state (token columns and the last window's pending output)."""
+        return 0 if self._windows is None else self._windows.nbytes
 
     def push(self, tokens) -> np.ndarray:
         """Add token columns (int ``[rows, k]`` or ``[1, rows, k]``, ``k >= 0``); returns the float32
         audio ``[n]`` that became final (``n`` may be 0)."""
         with self._lock:
             self._check_open()
-            columns = check_columns(tokens, self.spec)
-            if columns.shape[1]:
-                self._tokens = np.concatenate([self._tokens, columns], axis=1)
-                self._received += columns.shape[1]
-            return self._run(final=False)
+            return self._audio(self._windows.push(check_columns(tokens, self.spec)[None]))
 
     def flush(self) -> np.ndarray:
         """Decode the rest and close the stream: the outputs joined have ``(c * T' - 1) * hop`` samples."""
         with self._lock:
             self._check_open()
-            audio = self._run(final=True)
+            audio = self._audio(self._windows.push(np.zeros((1, self.spec.token_rows, 0), np.int64), final=True))
             self._closed = True
-            self._tokens = np.zeros((self.spec.token_rows, 0), dtype=np.int64)
+            self._windows = None
             return audio
 
-    def _start(self) -> int:
-        """First column of the next window: ``behind`` samples of context before ``_done`` (and at least
-        the column holding ``_done``)."""
-        column = self.spec.column
-        return max(0, min(-(-(self._done - self.behind) // column), self._done // column))
-
-    def _run(self, final: bool) -> np.ndarray:
-        column, parts = self.spec.column, []
-        total = decoded_length(self._received, self.spec.hop_length, self.spec.compression) if self._received else 0
-        while True:
-            start = self._start()
-            stop = min(self._received, start + self.spec.max_columns)
-            last = final and stop == self._received
-            ready = total if last else min(total, column * stop - self.ahead)
-            keep = 0 if last else self.fade
-            if ready - keep <= self._done:
-                break
-            audio = np.asarray(self._decode_fn(self._tokens[None, :, start - self._first:stop - self._first]))
-            expected = decoded_length(stop - start, self.spec.hop_length, self.spec.compression)
-            if audio.shape != (1, expected):
-                raise ValueError(f"decode_fn returned shape {list(audio.shape)} for {stop - start} columns; "
-                                 f"expected [1, {expected}]")
-            segment = audio[0, self._done - column * start:ready - column * start].astype(np.float32)
-            overlap = len(self._pending)
-            if overlap:  # ``old + w * (new - old)``: exactly ``old`` wherever both calls agree
-                segment[:overlap] = self._pending + raised_cosine(overlap) * (segment[:overlap] - self._pending)
-            self._pending = segment[len(segment) - keep:].copy()
-            parts.append(segment[:len(segment) - keep])
-            self._done = ready - keep
-            first = min(self._start(), self._received)
-            self._tokens = self._tokens[:, first - self._first:]
-            self._first = first
-            if last:
-                break
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    @staticmethod
+    def _audio(audio: np.ndarray) -> np.ndarray:
+        return audio[0].astype(np.float32, copy=False)

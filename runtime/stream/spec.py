@@ -10,9 +10,10 @@ import numpy as np
 
 from meltok_runtime.errors import AudioInputError, SettingsError, StreamClosedError, TokenInputError
 from meltok_runtime.lengths import check_tokens
+from meltok_runtime.windowing import WindowGrid
 
 DEFAULT_LOOKAHEAD_SECONDS = 0.2
-DEFAULT_CONTEXT_SECONDS = 0.5
+DEFAULT_STEP_SECONDS = 0.1  # audio between window starts: 2 token columns at 44.1 kHz
 DEFAULT_FADE_SECONDS = 0.025
 
 
@@ -55,8 +56,13 @@ def samples(seconds: float, name: str, spec: StreamSpec) -> int:
     return int(round(seconds * spec.sample_rate))
 
 
+def columns(seconds: float, name: str, spec: StreamSpec) -> int:
+    """Whole token columns nearest to ``seconds``."""
+    return int(round(samples(seconds, name, spec) / spec.column))
+
+
 class Stream:
-    """Lock, closed flag and the window bound shared by both streams."""
+    """Lock, closed flag and the window grid shared by both streams."""
 
     def __init__(self, spec: StreamSpec):
         self.spec = spec
@@ -67,12 +73,12 @@ class Stream:
         if self._closed:
             raise StreamClosedError(f"this {type(self).__name__} was flushed and is closed; start a new stream")
 
-    def _check_window(self, span: int) -> None:
-        """Context + lookahead + fade (``span`` samples) must leave room for new columns in one call."""
-        need = -(-span // self.spec.column) + 2
-        if need > self.spec.max_columns:
-            raise SettingsError(f"context, lookahead and fade need windows of {need} columns but this codec takes at "
-                             f"most {self.spec.max_columns} per call; choose shorter ones")
+    def _grid(self, left: int, step: int, right: int) -> WindowGrid:
+        """The stream's windows: ``left`` columns of context, ``step`` kept, ``right`` of lookahead."""
+        if left + step + right > self.spec.max_columns:
+            raise SettingsError(f"context, step and lookahead need windows of {left + step + right} columns but this "
+                                f"codec takes at most {self.spec.max_columns} per call; choose shorter ones")
+        return WindowGrid(left + step + right, step, left)
 
 
 def check_columns(tokens, spec: StreamSpec) -> np.ndarray:

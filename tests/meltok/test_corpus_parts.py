@@ -95,7 +95,7 @@ def test_stage1_trains_on_a_parts_folder(corpus, tmp_path):
     live.mkdir()
     shutil.copytree(parts[0], live / parts[0].name)
     run = tmp_path / "run"
-    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--data", str(live), "--out", str(run), "--preset",
+    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--data", str(live), "-o", str(run), "--preset",
                                              "tiny", "--steps", "2", "--batch-size", "2", "--set",
                                              "crop_samples=12032", "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -331,12 +331,12 @@ def test_cli_trains_both_stages(corpus, tmp_path):
     run1, run2 = tmp_path / "s1", tmp_path / "s2"
     common = ["--data", str(corpus), "--steps", "2", "--batch-size", "2", "--set", f"crop_samples={CROP}",
               "--set", "val_crops=2", "--device", "cpu"]
-    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--out", str(run1), "--preset", "tiny", *common])
+    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "-o", str(run1), "--preset", "tiny", *common])
     assert result.exit_code == 0, result.output
     saved = json.loads((run1 / "config.json").read_text())
     assert saved["stage1"]["perceptual"] == "mel-gradient" and saved["preset"] == "tiny"
     stage1_model = MelTok.load(run1 / "model.safetensors")
-    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "--out", str(run2), "--init", str(run1), *common,
+    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "-o", str(run2), "--init", str(run1), *common,
                                             "--set", "stage2.gan=false"])
     assert result.exit_code == 0, result.output
     stage2_model = MelTok.load(run2 / "model.safetensors")
@@ -344,10 +344,10 @@ def test_cli_trains_both_stages(corpus, tmp_path):
         if key.startswith(("encoder.", "quant_conv.", "quantizer.")):
             assert torch.equal(value, stage2_model.state_dict()[key]), key
     assert json.loads((run2 / "config.json").read_text())["stage2"]["gan"] is False
-    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "--out", str(tmp_path / "x"), *common,
+    result = CliRunner().invoke(meltok_cli, ["train", "stage1", "-o", str(tmp_path / "x"), *common,
                                              "--set", "stepz=1"])
     assert result.exit_code == 1 and "unknown training config field" in result.output
-    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "--out", str(run1), *common])
+    result = CliRunner().invoke(meltok_cli, ["train", "stage2", "-o", str(run1), *common])
     assert result.exit_code == 1 and "stage" in result.output  # a stage-1 run cannot resume as stage 2
 
 
@@ -436,7 +436,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_non_zero(corpus, tmp_path):
 
     run = tmp_path / "run"
     code = "import sys\nfrom meltok.cli import main\nsys.argv[0] = 'meltok'\nmain()\n"
-    args = ["train", "stage1", "--data", corpus, "--out", run, "--preset", "tiny", "--steps", "100000",
+    args = ["train", "stage1", "--data", corpus, "-o", run, "--preset", "tiny", "--steps", "100000",
             "--batch-size", "1", "--device", "cpu", "--set", f"crop_samples={CROP}", "--set", "val_crops=0",
             "--set", "log_every=1"]
     process = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,

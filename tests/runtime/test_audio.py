@@ -220,18 +220,22 @@ def test_write_refusals(tmp_path, name, audio, error, match):
     assert os.listdir(tmp_path) == []
 
 
-def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, speech):
-    path = tmp_path / "out.wav"
+@pytest.mark.parametrize("suffix, writer", [(".wav", "_write_float_wav"), (".flac", "sf.write")])
+def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, speech, suffix, writer):
+    from meltok_runtime.io import audio as audio_module
+
+    path = tmp_path / f"out{suffix}"
     write_audio(path, speech, RATE)
     before = path.read_bytes()
-    real_write = sf.write
+    owner, name = (sf, "write") if writer == "sf.write" else (audio_module, writer)
+    real_write = getattr(owner, name)
 
     def write_then_fail(file, data, *args, **kwargs):
         real_write(file, data[: len(data) // 2], *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sf, "write", write_then_fail)
+    monkeypatch.setattr(owner, name, write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         write_audio(path, np.zeros(1000, np.float32), RATE)
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["out.wav"]
+    assert os.listdir(tmp_path) == [path.name]

@@ -267,3 +267,20 @@ def test_stereo_input_is_mixed_down_with_a_note(run, cli, tmp_path, caplog):
     assert run("encode", tmp_path / "stereo.wav", *model, "-o", tmp_path / "s.mtok", cli=main_cli).exit_code == 0
     notes = [r.getMessage() for r in caplog.records if "mixing" in r.getMessage()]
     assert len(notes) == 1 and "2 channels" in notes[0]
+
+
+def test_progress_outside_a_terminal_is_a_line_every_few_seconds(capsys):
+    """One progress display for every command: no carriage returns when stderr is not a terminal."""
+    from meltok_runtime.cli.shared import progress_bar
+
+    with progress_bar("encoding", terminal=False, interval=0.0) as progress:
+        for done in range(1, 6):
+            progress(done, 5, f"{done} items")
+    assert capsys.readouterr().err.splitlines() == [f"encoding: {n}/5 ({n} items)" for n in range(1, 6)]
+    with progress_bar("decoding", terminal=False, interval=3600.0) as progress:
+        for done in range(1, 100):
+            progress(done, 99)
+    assert capsys.readouterr().err == "decoding: 99/99\n"  # only the last, at the end
+    with progress_bar("encoding", terminal=False, interval=3600.0) as progress:
+        progress(1, 1)
+    assert capsys.readouterr().err == ""  # a one-step job says nothing

@@ -32,7 +32,7 @@ def test_a_backend_error_stops_the_job_and_the_rerun_does_the_items(clips, encod
 
     monkeypatch.setattr(local_job, "encode_group", failing_on_the_third_call)
     result = run_cli("tokenize", clips, "-o", tmp_path / "ds", "--backend", "ort-cpu", "--shard-rows", 1)
-    errors = [line for line in result.stderr.splitlines() if line.strip() and line != "tokenizing"]  # the bar's label
+    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("tokenizing")]
     assert result.exit_code == 1 and len(errors) == 1, result.stderr
     assert errors[0].startswith("Error: encoding failed (BackendError: CUDA failure 700"), errors[0]
     assert "not of the items" in errors[0] and "run the same command again to resume" in errors[0]

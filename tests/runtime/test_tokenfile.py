@@ -268,3 +268,22 @@ def test_fuzz_header_values(overrides):
         tokens_from_bytes(_join(version, header, payload))
     except MeltokError:
         pass
+
+
+def test_channels_and_live_capture_are_recorded_and_older_files_still_read():
+    tokens = np.arange(24, dtype=np.int64).reshape(1, 12, 2)
+    common = dict(sample_rate=44100, num_samples=3000, model_id="m", codebook_size=8192)
+    written = tokens_from_bytes(tokens_to_bytes(tokens, source_sample_rate=48000, source_num_samples=[3265],
+                                                channels=2, streamed=True, lookahead_seconds=0.2, **common))
+    assert (written.channels, written.streamed, written.lookahead_seconds) == (2, True, 0.2)
+    described = written.describe()
+    assert described["source"] == {"sample_rate": 48000, "num_samples": [3265], "seconds": [3265 / 48000],
+                                   "channels": 2}
+    assert described["streamed"] is True and described["lookahead_seconds"] == 0.2
+    older = tokens_from_bytes(tokens_to_bytes(tokens, **common))  # a file from before these keys
+    assert (older.channels, older.streamed, older.lookahead_seconds) == (None, False, None)
+    assert "source" not in older.describe() and older.describe()["streamed"] is False
+    with pytest.raises(TokenFileError, match="lookahead_seconds"):
+        tokens_to_bytes(tokens, streamed=True, **common)
+    with pytest.raises(TokenFileError, match="channels"):
+        tokens_to_bytes(tokens, channels=0, **common)
