@@ -234,7 +234,7 @@ def ort_gpu(monkeypatch):
     return module
 
 
-def test_ort_cuda_runs_with_io_binding_and_tf32_off(ort_gpu, tiny_bundle, expected):
+def test_ort_cuda_runs_with_io_binding_tf32_off_and_heuristic_conv_search(ort_gpu, tiny_bundle, expected):
     feeds, tokens, decoded = expected
     manifest = load_manifest(tiny_bundle)
     OrtCudaBackend.check_available(tiny_bundle, manifest)
@@ -243,7 +243,9 @@ def test_ort_cuda_runs_with_io_binding_and_tf32_off(ort_gpu, tiny_bundle, expect
         assert np.array_equal(encoder.run({"audio": feeds})["tokens"], tokens)
         assert decoder.run({"tokens": tokens})["audio"].tobytes() == decoded.tobytes()
     provider, options = ort_gpu.sessions[0].providers[0]
-    assert provider == "CUDAExecutionProvider" and options == {"device_id": 0, "use_tf32": 0}
+    assert provider == "CUDAExecutionProvider"
+    assert options == {"device_id": 0, "use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+    assert all(session.providers[0] == (provider, options) for session in ort_gpu.sessions)
     assert ort_gpu.severity == ort_module.QUIET
 
 
