@@ -32,6 +32,8 @@ class FakeCudart:
     def __init__(self, devices=(("NVIDIA H100 80GB HBM3", 9, 0),), status: str = "cudaSuccess"):
         self.devices, self.status = list(devices), CudaError[status]
         self.memory: dict[int, np.ndarray] = {}
+        self.pinned: dict[int, np.ndarray] = {}  # page-locked host allocations, by address
+        self.pageable_async_copies = 0  # asynchronous copies from or to ordinary (pageable) host memory
         self.streams: dict[int, list] = {}
         self.calls: list[str] = []
         self._addresses = itertools.count(DEVICE_BASE, 1 << 24)
@@ -73,6 +75,20 @@ class FakeCudart:
         del self.memory[address]
         return self._result()
 
+    def cudaMallocHost(self, size):  # noqa: N802 - CUDA's names
+        self.calls.append("cudaMallocHost")
+        buffer = np.full(int(size), 0xCD, np.uint8)
+        self.pinned[buffer.ctypes.data] = buffer
+        return self._result(buffer.ctypes.data)
+
+    def cudaFreeHost(self, address):  # noqa: N802
+        if self.pinned.pop(address, None) is None:
+            raise FakeCudaError(f"cudaFreeHost of {address:#x}, which is not a page-locked allocation")
+        return self._result()
+
+    def _is_pinned(self, address: int, size: int) -> bool:
+        return any(start <= address and address + size <= start + buffer.size for start, buffer in self.pinned.items())
+
     def device_view(self, address: int, size: int) -> np.ndarray:
         """The ``size`` device bytes at ``address``; FakeCudaError outside every allocation."""
         for start, buffer in self.memory.items():
@@ -110,6 +126,8 @@ class FakeCudart:
 
     def cudaMemcpyAsync(self, dst, src, size, kind, stream):
         self.calls.append(f"cudaMemcpyAsync {kind.name}")
+        host = src if kind is MemcpyKind.cudaMemcpyHostToDevice else dst
+        self.pageable_async_copies += not self._is_pinned(int(host), int(size))
         self.enqueue(stream, self._copy(dst, src, size, kind))
         return self._result()
 
