@@ -88,9 +88,9 @@ def export_engines(model_file, folder: Path, precision: str) -> Path | str:
     try:
         from meltok import MelTok
         from meltok_export.bundle import export_bundle
-        from meltok_export.tensorrt_build import require_tensorrt
+        from meltok_runtime.engines.builder import require_builder
 
-        require_tensorrt()
+        require_builder()
         export_bundle(MelTok.load(model_file), folder, engine="trt", precision=precision, max_batch=4)
     except (MeltokError, ImportError) as error:
         return f"no {precision} engines: {error}"

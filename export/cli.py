@@ -1,7 +1,8 @@
 """``meltok-export`` command line: a thin layer over ``export_bundle`` and ``verify_bundle``.
 
     meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16|int8] [--max-seconds S]
-                  [--opt-seconds S] [--max-batch B] [--version-compatible] [--timing-cache PATH] [--force]
+                  [--opt-seconds S] [--max-batch B] [--version-compatible] [--stream-profile]
+                  [--timing-cache PATH] [--force]
     meltok-export verify BUNDLE -m MODEL
 """
 import json
@@ -65,24 +66,26 @@ def _load_model(path):
 @click.option("--version-compatible", is_flag=True,
               help="TensorRT engines that also run on later TensorRT 10.x/11.x releases and on the lean runtime "
                    "(`pip install -e '.[trt]'`), at some speed cost.")
+@click.option("--stream-profile", is_flag=True,
+              help="TensorRT engines with a second optimisation profile tuned for stream-sized calls (about 1 s).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
 @click.option("--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
-           timing_cache, force):
+           stream_profile, timing_cache, force):
     """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
     from .bundle import check_destination, export_bundle
 
     check_destination(output, force=force)  # before loading anything
     if engine == "trt":
-        from .tensorrt_build import require_tensorrt
+        from meltok_runtime.engines.builder import require_builder
 
-        require_tensorrt()
+        require_builder()
     model = _load_model(model_path)
     manifest = export_bundle(model, output, engine=engine, precision=precision, max_seconds=max_seconds,
                              opt_seconds=opt_seconds, max_batch=max_batch, version_compatible=version_compatible,
-                             timing_cache=timing_cache, force=force)
+                             stream_profile=stream_profile, timing_cache=timing_cache, force=force)
     figures = manifest.tolerances["onnxruntime"]
     click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
                f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "

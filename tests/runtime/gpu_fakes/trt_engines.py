@@ -145,11 +145,12 @@ NORMALIZATIONS = {"InstanceNormalization", "LayerNormalization", "GroupNormaliza
 
 
 def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse_ok: bool = True,
-                          cache_ok: bool = True) -> ModuleType:
+                          cache_ok: bool = True, extra_layers=()) -> ModuleType:
     """``fake_tensorrt`` plus the builder API. Enum values are TensorRT's own: TensorRT 10 has
     ``STRONGLY_TYPED = 1`` (beside ``EXPLICIT_BATCH = 0``) and the weak-typing flags; TensorRT 11 keeps only
     ``STRONGLY_TYPED = 0`` (deprecated: every network is strongly typed) and drops ``FP16`` and
-    ``OBEY_PRECISION_CONSTRAINTS``. A build returns a fake engine of the parsed ONNX file with the profile."""
+    ``OBEY_PRECISION_CONSTRAINTS``. Layers are the ONNX nodes, by name, plus ``extra_layers`` (names of
+    layers the parser adds). A build returns a fake engine of the parsed ONNX file with its profiles."""
     import onnx
 
     trt = fake_tensorrt(cudart, version)
@@ -194,7 +195,9 @@ def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse
 
         def parse_from_file(self, path):
             self.network.path = path
-            self.network.layers = [Layer(node) for node in onnx.load(path).graph.node]
+            nodes = list(onnx.load(path).graph.node) + [onnx.helper.make_node("Identity", [], [""], name=name)
+                                                        for name in extra_layers]
+            self.network.layers = [Layer(node) for node in nodes]
             return parse_ok
 
         def get_error(self, index):
