@@ -58,8 +58,8 @@ def _no_engine(graphs) -> str:
     """Why the trt backend cannot run: no engine for ``graphs`` (in the runtime's order), and what to run."""
     missing = " and ".join(name for name in GRAPH_NAMES if name in graphs)
     return (f"the bundle has no TensorRT engine for its {missing} graph{'s' if ' and ' in missing else ''}; build "
-            f"them where TensorRT's builder is installed ({TRT_BUILD_INSTALL}) with `meltok-export MODEL -o BUNDLE "
-            "--engine trt --force`, or use --backend ort-cuda or ort-cpu")
+            f"them on this machine with `meltok-rt engines BUNDLE` (needs TensorRT's builder: JetPack's, or "
+            f"{TRT_BUILD_INSTALL}), or use --backend ort-cuda or ort-cpu")
 
 
 def _version(text: str) -> tuple:
@@ -94,19 +94,19 @@ def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compu
         raise EngineMismatchError(
             f"the bundle's {graph} engine was built for {built}, but this machine has compute capability "
             f"{compute_capability} and TensorRT {tensorrt_version}; an engine runs only where both match: rebuild "
-            "it here with `meltok-export --engine trt`, or use --backend ort-cuda")
+            "it here with `meltok-rt engines BUNDLE --force`, or use --backend ort-cuda")
     entry = matching[0]
     if lean and not entry.version_compatible:
         raise EngineMismatchError(
             f"the bundle's {graph} engine was not built version-compatible, and only TensorRT's lean runtime "
             "(tensorrt_lean) is installed here, which runs version-compatible engines only: rebuild it with "
-            f"`meltok-export --engine trt --version-compatible`, or install the full TensorRT ({TRT_BUILD_INSTALL})")
+            f"`meltok-rt engines BUNDLE --force --version-compatible`, or install the full TensorRT ({TRT_BUILD_INSTALL})")
     expected = manifest.graphs[graph].sha256
     if entry.onnx_sha256 != expected:
         raise EngineMismatchError(
             f"the bundle's {graph} engine {entry.file!r} was built from another ONNX file (sha256 "
             f"{entry.onnx_sha256[:12]}...) than the bundle's {graph} graph ({expected[:12]}...); it is stale: "
-            "rebuild it with `meltok-export --engine trt`")
+            "rebuild it with `meltok-rt engines BUNDLE --force`")
     return entry
 
 

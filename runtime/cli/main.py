@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from meltok_runtime.backends import BACKEND_CHOICES
+from meltok_runtime.cli.deploy import COMMANDS as DEPLOY_COMMANDS
 from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
                           force_option, original_rate_option, progress_bar, setup_logging, stdin_options,
                           stream_options, subtype_option, user_errors, verbose_option, version_option)
@@ -193,3 +194,7 @@ def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, for
         click.echo(f"failed {failure['id']}: {failure['reason']}", err=True)
     click.echo(f"wrote {summary['written']} files to {output}, {summary['skipped']} already there, "
                f"{len(summary['failures'])} failed")
+
+
+for _command in DEPLOY_COMMANDS:
+    main.add_command(_command)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from meltok_runtime.backends.cuda import import_cudart
 from meltok_runtime.backends.trt import TRT_BUILD_INSTALL, gpu_here
-from meltok_runtime.errors import BundleError
+from meltok_runtime.errors import BundleError, MissingDependencyError
 from meltok_runtime.io.atomic import atomic_output
 from meltok_runtime.manifest import EngineEntry, file_sha256
 from meltok_runtime.optional import import_optional
@@ -29,8 +29,18 @@ BUILDER_HINT = (f"TensorRT engines cannot be built here: the builder is the full
 
 
 def import_builder():
-    """The full ``tensorrt`` package (the lean runtime ``tensorrt_lean`` cannot build)."""
-    return import_optional("tensorrt", install=TRT_BUILD_INSTALL, purpose="building TensorRT engines")
+    """The full ``tensorrt`` package; MissingDependencyError in one line (``BUILDER_HINT``) where it is missing,
+    saying so when only the lean runtime ``tensorrt_lean`` (which cannot build) is installed."""
+    try:
+        return import_optional("tensorrt", install=TRT_BUILD_INSTALL, purpose="building TensorRT engines")
+    except MissingDependencyError:
+        try:
+            import_optional("tensorrt_lean", install=TRT_BUILD_INSTALL, purpose="")
+            lean = " (only TensorRT's lean runtime, tensorrt_lean, is installed)"
+        except MissingDependencyError:
+            lean = ""
+        raise MissingDependencyError(BUILDER_HINT.replace("cannot be built here", f"cannot be built here{lean}")) \
+            from None
 
 
 def require_builder() -> tuple[str, str, str]:

@@ -58,6 +58,9 @@ class FakeCudart:
         name, major, minor = self.devices[device]
         return self._result(SimpleNamespace(name=name.encode() + b"\x00" * 8, major=major, minor=minor))
 
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return self._result(12060)
+
     def cudaSetDevice(self, device):
         self.calls.append("cudaSetDevice")
         self.current_device = device
@@ -165,8 +168,25 @@ class FakeDriver:
 
     NAMES = {100: b"CUDA_ERROR_NO_DEVICE", 35: b"CUDA_ERROR_INSUFFICIENT_DRIVER"}
 
-    def __init__(self, count: int = 1, status: int = 0):
-        self.count, self.status = count, status
+    def __init__(self, count: int = 1, status: int = 0, version: int = 12060,
+                 devices=(("NVIDIA H100 80GB HBM3", 9, 0),)):
+        self.count, self.status, self.version, self.devices = count, status, version, list(devices)
+
+    def cuDriverGetVersion(self, version):  # noqa: N802
+        version._obj.value = self.version
+        return 0
+
+    def cuDeviceGet(self, handle, index):  # noqa: N802
+        handle._obj.value = index
+        return 0
+
+    def cuDeviceGetName(self, buffer, size, handle):  # noqa: N802
+        buffer.value = self.devices[handle.value][0].encode()
+        return 0
+
+    def cuDeviceGetAttribute(self, value, attribute, handle):  # noqa: N802
+        value._obj.value = self.devices[handle.value][{75: 1, 76: 2}[attribute]]
+        return 0
 
     def cuInit(self, flags):  # noqa: N802 - the driver's names
         return self.status
