@@ -24,7 +24,12 @@ def _leftovers(parent, name):
 def test_manifest_contents(tiny_bundle, tiny_model):
     out, manifest = tiny_bundle
     assert load_manifest(out) == manifest
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json",
+                                                     "tensorrt-commands.json", "verification.npz"]
+    assert manifest.verification["file"] == "verification.npz" and manifest.verification["samples"] == 2 * 44100
+    assert manifest.verification["sha256"] == file_sha256(out / "verification.npz")
+    assert (out / "verification.npz").stat().st_size < 200_000  # small: 2 s of 16-bit audio and its tokens
+    assert set(manifest.float32_nodes) == {"encoder", "decoder"} and all(manifest.float32_nodes.values())
     assert manifest.model_id == tiny_model.model_id and manifest.model_name == "meltok-tiny"
     assert manifest.model_sha256 == model_sha256(tiny_model)
     assert (manifest.sample_rate, manifest.hop_length, manifest.n_mels, manifest.token_rows,
@@ -116,7 +121,8 @@ def _no_tensorrt(monkeypatch):
 
 def test_trt_engine_without_tensorrt_fails_fast(tiny_model, tmp_path, monkeypatch):
     _no_tensorrt(monkeypatch)
-    with pytest.raises(BackendError, match=r"install it with: pip install -e '\.\[trt-build\]' --extra-index-url"):
+    with pytest.raises(BackendError, match=r"TensorRT engines cannot be built here: .*JetPack.*pip install -e "
+                                           r"'\.\[trt-build\]' --extra-index-url"):
         export_bundle(tiny_model, tmp_path / "out", engine="trt")
     assert _leftovers(tmp_path, "out") == []
 
@@ -151,7 +157,7 @@ def test_cli_trt_without_tensorrt_is_one_line_error(tiny_model_file, tmp_path, m
     result = CliRunner().invoke(main, ["export", str(tiny_model_file), "-o", str(out), "--engine", "trt"])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: building TensorRT engines (--engine trt) needs"), result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: TensorRT engines cannot be built here"), result.output
     assert "pip install -e '.[trt-build]' --extra-index-url https://pypi.nvidia.com" in lines[0]
     assert _leftovers(tmp_path, "bundle") == []
 
