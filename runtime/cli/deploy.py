@@ -81,16 +81,18 @@ def doctor(bundle, backend, as_json):
 @click.option("--stream-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Audio streamed for the stream rows (0: none).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per graph.")
+@click.option("--budget-seconds", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Leave out (as not run) a configuration estimated to take longer.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
 @user_errors
-def bench(bundle, backends, seconds, batch, repeats, stream_seconds, threads, json_path):
+def bench(bundle, backends, seconds, batch, repeats, stream_seconds, threads, budget_seconds, json_path):
     """Latency and throughput of encode and decode (batch 1 and N) and streams, per backend this machine
     has, with doctor's description of the machine."""
     from meltok_runtime.deploy.bench import BenchSettings, render, run_bench, write_report
 
     lengths = tuple(float(s) for s in seconds.split(",") if s.strip())
     settings = BenchSettings(seconds=lengths, batch=batch, repeats=repeats, stream_seconds=stream_seconds,
-                             threads=threads)
+                             threads=threads, budget_seconds=budget_seconds)
     report = run_bench(bundle, backends, settings)
     click.echo(render(report))
     if json_path:
