@@ -8,8 +8,8 @@ On a machine with an NVIDIA GPU (and the extras of the README's GPU rows install
    (``ort-cuda``; ``trt`` where TensorRT's builder can make engines) and compares the tokens with
    ``ort-cpu``: fp32 bundles must give identical tokens (TF32 is off everywhere), fp16 bundles at
    least ``FP16_AGREEMENT`` of them;
-3. prints the latency table of ``benchmarks.speed`` for the shipped model and ``paper`` on the GPU
-   backends.
+3. prints the latency table of ``meltok-rt bench`` (``meltok_runtime.deploy.bench``) for the shipped
+   model on ``ort-cuda`` and its engines on ``trt`` (PyTorch on the GPU: ``python -m benchmarks.speed``).
 
 Each step gets what is left of ``--budget-seconds``; a step that cannot run says why. A row or step
 that did not run (no onnxruntime-gpu, no TensorRT builder, out of time) fails the check: exit status 0
@@ -122,6 +122,21 @@ def _run(command: list[str], seconds_left: float) -> int | None:
         return 1
 
 
+def speed(shipped, engine_bundles, seconds_left: float) -> int:
+    """``meltok-rt bench`` (``meltok_runtime.deploy.bench``) of the GPU backends; returns the rows not run."""
+    from meltok_runtime.deploy.bench import BenchSettings, render as render_bench, run_bench
+
+    plan = [(shipped, ("ort-cuda",))] + [(bundle, ("trt",)) for bundle in engine_bundles]
+    settings = BenchSettings(seconds=(1.0, 10.0), batch=16, repeats=5, stream_seconds=10.0,
+                             budget_seconds=max(1.0, seconds_left / (2 * len(plan))))
+    not_run = 0
+    for bundle, backends in plan:
+        report = run_bench(bundle, backends, settings)
+        print(render_bench(report), flush=True)
+        not_run += report["not_run"]
+    return not_run
+
+
 def verdict(failed: bool, not_run: int, allow_partial: bool) -> tuple[str, int]:
     """The last line and the exit status: anything that did not run fails unless ``allow_partial``."""
     if failed:
@@ -158,24 +173,21 @@ def main(argv=None) -> int:
     audio = real_audio()
     rows = compare_backends(default_bundle(), audio, backends=("ort-cuda",))
     with tempfile.TemporaryDirectory(prefix="meltok-gpu-check-") as scratch:
+        engine_bundles = []
         for precision in ("fp32", "fp16"):
             bundle = export_engines(DEFAULT_MODEL, Path(scratch) / f"shipped-{precision}", precision)
             if isinstance(bundle, str):
                 rows.append({"bundle": f"shipped-{precision}", "precision": precision, "backend": "trt",
                              "status": f"not run: {bundle}"})
                 continue
+            engine_bundles.append(bundle)
             rows += compare_backends(bundle, audio)
-    print(render(rows), flush=True)
-    failed |= any(row["status"] == "FAILED" for row in rows)
-    not_run += sum(row["status"].startswith("not run") for row in rows)
-    if not args.skip_speed:
-        print("== 3. latency (benchmarks.speed), shipped model and paper", flush=True)
-        status = _run([sys.executable, "-m", "benchmarks.speed", "--presets", "paper", "--threads", "4",
-                       "--backends", "torch-cuda-fp32,ort-cuda-fp32,ort-cuda-fp16,trt-fp16", "--batches", "1,16",
-                       "--seconds", "1,10", "--repeats", "5", "--budget-seconds", "60"],
-                      deadline - time.monotonic())
-        not_run += status is NOT_RUN
-        failed |= status not in (0, NOT_RUN)
+        print(render(rows), flush=True)
+        failed |= any(row["status"] == "FAILED" for row in rows)
+        not_run += sum(row["status"].startswith("not run") for row in rows)
+        if not args.skip_speed:
+            print("== 3. latency (meltok-rt bench), shipped model on ort-cuda and its engines on trt", flush=True)
+            not_run += speed(default_bundle(), engine_bundles, deadline - time.monotonic())
     line, code = verdict(failed, not_run, args.allow_partial)
     print(line)
     return code

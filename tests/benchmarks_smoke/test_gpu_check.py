@@ -56,7 +56,21 @@ def test_a_step_out_of_time_is_not_run_not_passed(fake_gpu, monkeypatch, capsys)
     monkeypatch.setattr(gpu_check, "compare_backends", lambda bundle, audio, backends=None: [
         {"bundle": str(bundle), "precision": "fp32", "backend": "trt", "agreement": 1.0, "needed": 1.0,
          "status": "passed"}])
-    assert gpu_check.main(["--skip-tests", "--budget-seconds", "1"]) == 1
+    assert gpu_check.main(["--skip-speed", "--budget-seconds", "1"]) == 1  # no time left for the tests
     output = capsys.readouterr().out
     assert "not run (out of time)" in output and output.strip().endswith("(1 not run; pass --allow-partial to "
                                                                          "accept a partial run)")
+
+
+def test_bench_rows_that_did_not_run_count_as_not_run(monkeypatch):
+    from meltok_runtime.deploy import bench
+
+    calls = []
+
+    def fake_run_bench(bundle, backends, settings):
+        calls.append((bundle, backends))
+        return {"rows": [], "not_run": 2 if backends == ("trt",) else 0}
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench, "render", lambda report: "")
+    assert gpu_check.speed("shipped", ["fp32-engines"], 100.0) == 2
+    assert calls == [("shipped", ("ort-cuda",)), ("fp32-engines", ("trt",))]
