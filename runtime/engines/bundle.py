@@ -26,14 +26,15 @@ log = logging.getLogger("meltok_runtime")
 
 
 def build_engines(folder, manifest, options: EngineOptions, *, limits: dict | None = None,
-                  names: dict | None = None) -> tuple:
-    """Build both graphs' engines from the ONNX files in ``folder`` into ``folder`` (``names``: graph ->
-    engine file name, default ``<graph>.plan``); their EngineEntries."""
+                  names: dict | None = None, out=None) -> tuple:
+    """Build both graphs' engines from the ONNX files in ``folder`` into ``out`` (default ``folder``;
+    ``names``: graph -> engine file name, default ``<graph>.plan``); their EngineEntries."""
     folder = Path(folder)
+    out = Path(out) if out is not None else folder
     version, _, _ = require_builder()
     plans = plan_engines(manifest, options, version, limits or options.limits(manifest))
     names = names or {graph: f"{graph}.plan" for graph in GRAPH_NAMES}
-    return tuple(build_engine(plan, folder / plan.onnx_file, folder / names[graph], manifest.graphs[graph].sha256,
+    return tuple(build_engine(plan, folder / plan.onnx_file, out / names[graph], manifest.graphs[graph].sha256,
                               timing_cache=options.timing_cache) for graph, plan in plans.items())
 
 
@@ -54,9 +55,7 @@ def add_engines(bundle, options: EngineOptions, *, force: bool = False):
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        for graph in GRAPH_NAMES:  # the builder reads the graphs beside the engines it writes
-            (staging / manifest.graphs[graph].file).symlink_to((bundle / manifest.graphs[graph].file).resolve())
-        entries = build_engines(staging, manifest, options, limits=limits)
+        entries = build_engines(bundle, manifest, options, limits=limits, out=staging)
         named = tuple(dataclasses.replace(entry, file=f"{entry.graph}-{entry.sha256[:12]}.plan") for entry in entries)
         candidate = dataclasses.replace(manifest, engines=named, limits=limits,
                                         versions={**manifest.versions, "tensorrt": version})
