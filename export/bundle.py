@@ -27,8 +27,8 @@ from meltok_runtime.engines.bundle import build_engines
 from meltok_runtime.engines.commands import write_commands
 from meltok_runtime.engines.plan import EngineOptions, default_profile_seconds, engine_limits
 from meltok_runtime.engines.reference import write_reference
-from meltok_runtime.io.atomic import atomic_directory
-from meltok_runtime.manifest import MANIFEST_NAME, Manifest
+from meltok_runtime.io.atomic import atomic_directory, atomic_output
+from meltok_runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 from .contract import OPSET, PRECISIONS, VERIFY_AUDIO, verify_audio
 from .dependencies import import_onnx
@@ -118,6 +118,32 @@ def float32_nodes(folder: Path, graphs: dict) -> dict:
             for name, graph in graphs.items() if graph.precision in ("fp32", "fp16")}
 
 
+def deployment_data(folder: Path, manifest: Manifest, options: EngineOptions) -> Manifest:
+    """Write what deploying needs without the model (``verification.npz``: the verification clip's first
+    ``REFERENCE_SECONDS`` and ONNX Runtime CPU's tokens on it; ``tensorrt-commands.json`` for TensorRT-capable
+    graphs); ``manifest`` with its ``verification`` record."""
+    clip = verify_audio(manifest.sample_rate)[: int(REFERENCE_SECONDS * manifest.sample_rate)]
+    manifest = dataclasses.replace(manifest, verification=write_reference(folder, manifest, clip, source=VERIFY_AUDIO))
+    if manifest.graphs["encoder"].precision != "int8":
+        write_commands(folder, manifest, options)
+    return manifest
+
+
+def annotate_bundle(bundle) -> Manifest:
+    """Add the deployment data to a bundle exported before meltok stored it (float32 layer names, verification
+    clip, TensorRT command lines), from its own graphs: no model needed. The manifest is replaced atomically."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    manifest = dataclasses.replace(manifest, float32_nodes=float32_nodes(bundle, manifest.graphs))
+    precision = manifest.graphs["encoder"].precision
+    options = EngineOptions(precision=precision if precision != "int8" else "fp32",
+                            max_batch=manifest.limits.get("max_batch", 16))
+    manifest = deployment_data(bundle, manifest, options)
+    with atomic_output(bundle / MANIFEST_NAME) as tmp:
+        tmp.write_text(manifest.to_json())
+    return manifest
+
+
 def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: int = OPSET, engine: str = "onnx",
                    digest: str | None = None, folder: Path | None = None) -> Manifest:
     """The manifest of a bundle whose ``graphs`` are written (in ``folder``, which names their float32
@@ -173,15 +199,14 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
         log.info("verifying the graphs on the runtime's backends against the PyTorch model")
         report = verify_graphs(model, folder, manifest, max_seconds=verify_seconds)
         require_passed(report, "the exported graphs")
-        clip = verify_audio(model.sample_rate)[: int(REFERENCE_SECONDS * model.sample_rate)]
-        manifest = dataclasses.replace(manifest, verification=write_reference(folder, manifest, clip,
-                                                                              source=VERIFY_AUDIO))
-        options = EngineOptions(precision=precision if precision != "int8" else "fp32", max_seconds=max_seconds,
-                                opt_seconds=opt_seconds, max_batch=max_batch, stream_profile=stream_profile,
+        # the engines' options: this export's (--engine trt), or what `meltok-rt engines` does by default
+        trt = engine == "trt"
+        options = EngineOptions(precision=precision if precision != "int8" else "fp32",
+                                max_seconds=max_seconds if trt else None, opt_seconds=opt_seconds if trt else None,
+                                max_batch=max_batch, stream_profile=stream_profile,
                                 version_compatible=version_compatible,
                                 timing_cache=str(timing_cache) if timing_cache else None)
-        if precision != "int8":
-            write_commands(folder, manifest, options)
+        manifest = deployment_data(folder, manifest, options)
         if engine == "trt":
             manifest = dataclasses.replace(manifest, engines=build_engines(folder, manifest, options, limits=limits))
             log.info("verifying the TensorRT engines against the PyTorch model")

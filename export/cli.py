@@ -4,6 +4,7 @@
                   [--opt-seconds S] [--max-batch B] [--version-compatible] [--stream-profile]
                   [--timing-cache PATH] [--force]
     meltok-export verify BUNDLE -m MODEL
+    meltok-export annotate BUNDLE
 """
 import json
 import logging
@@ -27,7 +28,8 @@ class _ExportByDefault(CommandGroup):
         return super().resolve_command(ctx, args)
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage(ctx.command_path, "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL")
+        formatter.write_usage(ctx.command_path,
+                              "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL | annotate BUNDLE")
 
 
 @click.group(cls=_ExportByDefault)
@@ -118,3 +120,17 @@ def verify(bundle, model_path, as_json):
         elif gpu:
             click.echo(f"{label}: passed: token agreement {gpu['token_agreement']:.2%} (with ort-cpu "
                        f"{gpu['vs_onnxruntime']['token_agreement']:.2%}), waveform SNR {gpu['waveform_snr_db']:.1f} dB")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@user_errors
+def annotate(bundle):
+    """Add to BUNDLE, exported before meltok stored them, what `meltok-rt engines` needs: the names of its
+    float32 layers, a verification clip with ONNX Runtime CPU's tokens, and the trtexec/polygraphy lines.
+    Reads only the bundle's own graphs (no model file)."""
+    from .bundle import annotate_bundle
+
+    manifest = annotate_bundle(bundle)
+    click.echo(f"{bundle}: added {manifest.verification['file']} ({manifest.verification['samples']} samples), "
+               f"float32 layer names of {', '.join(sorted(manifest.float32_nodes))}, tensorrt-commands.json")

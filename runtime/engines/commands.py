@@ -85,7 +85,8 @@ def bundle_commands(manifest, options: EngineOptions) -> dict:
 
 def write_commands(folder, manifest, options: EngineOptions) -> Path:
     """``tensorrt-commands.json`` in ``folder`` (atomically)."""
-    text = json.dumps({"note": "equivalent to `meltok-rt engines` with the export's limits; not run where written",
+    text = json.dumps({"note": "equivalent to `meltok-rt engines` with these limits (the export's engines, or "
+                               "its defaults); not run where written",
                        "limits": options.limits(manifest), "tensorrt": bundle_commands(manifest, options)},
                       indent=2, sort_keys=True)
     path = Path(folder) / COMMANDS_FILE

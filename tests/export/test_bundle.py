@@ -186,3 +186,27 @@ def test_paper_preset_bundle(tmp_path):
     figures = manifest.tolerances["onnxruntime"]
     assert figures["token_agreement"] >= TOLERANCES["fp16"]["token_agreement_min"]
     assert manifest.token_rows == 12 and manifest.codebook_size == 8192
+
+
+def test_annotate_gives_an_older_bundle_the_deployment_data_of_a_new_export(tiny_bundle, tmp_path):
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    out, manifest = tiny_bundle
+    old = shutil.copytree(out, tmp_path / "old")
+    (old / "verification.npz").unlink()
+    (old / "tensorrt-commands.json").unlink()
+    dataclasses.replace(manifest, verification={}, float32_nodes={}).write(old)
+    result = CliRunner().invoke(main, ["annotate", str(old)])
+    assert result.exit_code == 0, result.output
+    again = load_manifest(old)
+    assert again.float32_nodes == manifest.float32_nodes
+    assert {k: v for k, v in again.verification.items() if k != "sha256"} == \
+        {k: v for k, v in manifest.verification.items() if k != "sha256"}
+    with np.load(old / "verification.npz") as new, np.load(out / "verification.npz") as exported:
+        assert np.array_equal(new["tokens"], exported["tokens"]) and np.array_equal(new["audio_pcm16"],
+                                                                                      exported["audio_pcm16"])
+    assert json.loads((old / "tensorrt-commands.json").read_text()) == \
+        json.loads((out / "tensorrt-commands.json").read_text())
