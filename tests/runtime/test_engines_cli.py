@@ -156,3 +156,19 @@ def test_the_exported_command_lines_carry_the_builders_own_decisions(builder, bu
     assert builder.log["profiles"] == _trtexec_profiles(decoder_line)
     pinned = {layer.name for layer in builder.log["network"].layers if layer.precision == builder.float32}
     assert pinned == {item.rsplit(":", 1)[0] for item in dict(_flags(decoder_line))["--layerPrecisions"].split(",")}
+
+
+def test_the_shipped_bundle_gets_engines_where_it_runs(builder, tmp_path):
+    """The shipped bundle carries its verification clip and float32 layer names (``meltok-export annotate``), so
+    `meltok-rt engines` works on it without the model; here, TensorRT 10's weakly typed fp16 from its fp32 graphs."""
+    import shutil
+
+    from meltok_runtime.codec import DEFAULT_BUNDLE
+
+    bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "default")
+    result = engines(bundle, "--precision", "fp16", "--max-seconds", 2, "--max-batch", 1)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(bundle)
+    assert {e.precision for e in manifest.engines} == {"fp16"} and manifest.tolerances["tensorrt_here"]["passed"]
+    pinned = {layer.name for layer in builder.log["network"].layers if layer.precision == builder.float32}
+    assert pinned == set(manifest.float32_nodes["decoder"])
