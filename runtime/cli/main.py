@@ -123,7 +123,8 @@ def info(path, backend, threads):
         "codebook_size": manifest.codebook_size, "token_rate": manifest.token_rate, "opset": manifest.opset,
         "graphs": {name: {"file": g.file, "precision": g.precision} for name, g in manifest.graphs.items()},
         "engines": [{"graph": e.graph, "file": e.file, "precision": e.precision, "tensorrt": e.tensorrt_version,
-                     "compute_capability": e.compute_capability, "device": e.device_name}
+                     "compute_capability": e.compute_capability, "device": e.device_name,
+                     "version_compatible": e.version_compatible, "stream_profile": bool(e.stream_profile)}
                     for e in manifest.engines],
         "limits": manifest.limits, "tolerances": manifest.tolerances,
         "backends": {name: "available" if why is None else f"unavailable: {why}"
