@@ -21,9 +21,9 @@ backend_option = click.option("--backend", type=click.Choice(BACKEND_CHOICES), d
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, exists=True))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: from an fp16 bundle (strongly typed), or on TensorRT 10 from an fp32 one with its float32 "
-                   "layers pinned.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Engine precision [default: the bundle's graphs']. fp16 from an fp32 bundle: TensorRT 10 only, "
+                   "with its float32 layers pinned.")
 @click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Longest input per call [default: one runtime window, about 12 s].")
 @click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -49,7 +49,7 @@ def engines(bundle, precision, max_seconds, opt_seconds, max_batch, stream_profi
     manifest = add_engines(bundle, options, force=force)
     check = manifest.tolerances["tensorrt_here"]
     engine = manifest.engines[0]
-    click.echo(f"added {precision} TensorRT {engine.tensorrt_version} engines for {engine.device_name} (compute "
+    click.echo(f"added {engine.precision} TensorRT {engine.tensorrt_version} engines for {engine.device_name} (compute "
                f"capability {engine.compute_capability}) to {bundle}: token agreement with ONNX Runtime CPU "
                f"{check['token_agreement']:.2%}, decoder SNR {check['waveform_snr_db']:.1f} dB")
 

@@ -49,6 +49,8 @@ def add_engines(bundle, options: EngineOptions, *, force: bool = False):
         raise BundleError("the bundle holds no verification clip (it was exported before meltok stored one), so "
                           "engines built here cannot be checked: re-export it with `meltok-export`")
     version, capability, _ = require_builder()
+    if options.precision is None:  # the graphs' own precision
+        options = dataclasses.replace(options, precision=manifest.graphs["encoder"].precision)
     limits = options.limits(manifest)
     plan_engines(manifest, options, version, limits)  # refuses impossible combinations before any build
     staging = bundle / f".engines-{capability}-{version}.tmp"

@@ -127,9 +127,10 @@ def bundle_profiles(manifest, limits: dict, *, stream_profile: bool = False) -> 
 @dataclass(frozen=True)
 class EngineOptions:
     """What ``meltok-rt engines`` and ``meltok-export --engine trt`` take: ``max_seconds``/``opt_seconds``
-    None for one runtime window (``default_profile_seconds``)."""
+    None for one runtime window (``default_profile_seconds``); ``precision`` None (``add_engines`` only) for
+    the bundle graphs' own."""
 
-    precision: str = "fp32"
+    precision: str | None = "fp32"
     max_seconds: float | None = None
     opt_seconds: float | None = None
     max_batch: int = 16

@@ -172,3 +172,22 @@ def test_the_shipped_bundle_gets_engines_where_it_runs(builder, tmp_path):
     assert {e.precision for e in manifest.engines} == {"fp16"} and manifest.tolerances["tensorrt_here"]["passed"]
     pinned = {layer.name for layer in builder.log["network"].layers if layer.precision == builder.float32}
     assert pinned == set(manifest.float32_nodes["decoder"])
+
+
+def test_an_fp16_bundle_builds_strongly_typed_fp16_engines_by_default_on_tensorrt_11(monkeypatch, tmp_path,
+                                                                                      tiny_model):
+    from meltok_export.bundle import export_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cudart = FakeCudart()
+    trt = fake_tensorrt_builder(cudart, "11.4.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    bundle = tmp_path / "fp16"
+    export_bundle(tiny_model, bundle, precision="fp16", verify_seconds=1.0)
+    assert engines(bundle, "--precision", "fp32").exit_code == 1  # an fp16 graph builds only fp16 engines
+    result = engines(bundle, "--max-seconds", 4, "--max-batch", 2)
+    assert result.exit_code == 0, result.output
+    assert trt.log["network_flags"] == 0 and not trt.log["set"] and trt.log["cleared"] == {"TF32"}
+    manifest = load_manifest(bundle)
+    assert {e.precision for e in manifest.engines} == {"fp16"} and manifest.versions["tensorrt"] == "11.4.0"
