@@ -10,6 +10,7 @@ ONNX Runtime here must give the stored tokens, and the engines must agree with i
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,20 @@ def _padded(audio: np.ndarray, manifest) -> np.ndarray:
     return np.pad(audio.reshape(1, -1), ((0, 0), (0, target - audio.shape[-1])))
 
 
+def npz_bytes(arrays: dict) -> bytes:
+    """A compressed ``.npz`` (``np.load`` reads it) whose bytes depend only on ``arrays``: every member has
+    the same fixed time stamp, so an export writes the same bundle byte for byte every time."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
 def write_reference(folder, manifest, audio: np.ndarray, *, source: str) -> dict:
     """Store ``audio`` (mono float32 at the bundle's rate, a few seconds) and ONNX Runtime CPU's tokens on it
     in ``folder``; returns the manifest's ``verification`` record."""
@@ -46,10 +61,8 @@ def write_reference(folder, manifest, audio: np.ndarray, *, source: str) -> dict
     pcm = np.clip(np.round(np.asarray(audio, np.float32).ravel() * 32767.0), -32768, 32767).astype(np.int16)
     clip = _padded(pcm.astype(np.float32) / 32767.0, manifest)
     tokens, decoded = _ort_outputs(folder, manifest, clip)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, audio_pcm16=pcm, tokens=tokens.astype(np.int16))
     with atomic_output(folder / VERIFICATION_FILE) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(npz_bytes({"audio_pcm16": pcm, "tokens": tokens.astype(np.int16)}))
     return {"file": VERIFICATION_FILE, "sha256": file_sha256(folder / VERIFICATION_FILE), "source": source,
             "samples": int(pcm.size), "columns": int(tokens.shape[-1]),
             "decoded_rms": float(np.sqrt(np.mean(decoded.astype(np.float64) ** 2))),

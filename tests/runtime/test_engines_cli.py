@@ -2,6 +2,7 @@
 against ONNX Runtime CPU on the bundle's verification clip, and the ``trtexec``/``polygraphy`` lines the
 export writes. TensorRT and the GPU are the fakes of ``gpu_fakes``: their engines run the ONNX graph on
 ONNX Runtime CPU, so these tests check the decisions, file handling and data paths, not GPU numerics."""
+import io
 import json
 import shlex
 import sys
@@ -191,3 +192,18 @@ def test_an_fp16_bundle_builds_strongly_typed_fp16_engines_by_default_on_tensorr
     assert trt.log["network_flags"] == 0 and not trt.log["set"] and trt.log["cleared"] == {"TF32"}
     manifest = load_manifest(bundle)
     assert {e.precision for e in manifest.engines} == {"fp16"} and manifest.versions["tensorrt"] == "11.4.0"
+
+
+def test_the_verification_file_has_the_same_bytes_whenever_it_is_written(monkeypatch):
+    """Exports are deterministic (tests/reliability): the stored clip's archive carries no time stamp of its own."""
+    import time
+
+    from meltok_runtime.engines.reference import npz_bytes
+
+    arrays = {"audio_pcm16": np.arange(-5, 5, dtype=np.int16), "tokens": np.ones((1, 12, 3), np.int16)}
+    first = npz_bytes(arrays)
+    real = time.localtime
+    monkeypatch.setattr(time, "localtime", lambda seconds=None: real(400 * 86400.0))  # another day
+    assert npz_bytes(arrays) == first
+    with np.load(io.BytesIO(first)) as loaded:
+        assert all(np.array_equal(loaded[name], value) for name, value in arrays.items())
