@@ -4,7 +4,10 @@ Written into every bundle at export (``tensorrt-commands.json``), so an engine c
 NVIDIA's own tools where meltok is not installed. Each line carries the plan's decisions: one set of
 min/opt/max shapes per optimisation profile (in profile order), TF32 off, strongly typed or weakly
 typed fp16 with the float32 layers pinned by exact name, version compatibility. These lines were not
-run here (no TensorRT on the machine that wrote them): they follow the tools' documented options.
+run here (no TensorRT on the machine that wrote them): they follow the tools' option names. With a
+stream profile the shape options are repeated once per profile, in profile order; whether a given
+trtexec or polygraphy version turns repetitions into several profiles was not checked (see its
+``--help``); without one (the default) there is a single set.
 """
 from __future__ import annotations
 
@@ -86,7 +89,8 @@ def bundle_commands(manifest, options: EngineOptions) -> dict:
 def write_commands(folder, manifest, options: EngineOptions) -> Path:
     """``tensorrt-commands.json`` in ``folder`` (atomically)."""
     text = json.dumps({"note": "equivalent to `meltok-rt engines` with these limits (the export's engines, or "
-                               "its defaults); not run where written",
+                               "its defaults); not run where written; with a stream profile the shape options "
+                               "repeat once per profile, which not every tool version may accept",
                        "limits": options.limits(manifest), "tensorrt": bundle_commands(manifest, options)},
                       indent=2, sort_keys=True)
     path = Path(folder) / COMMANDS_FILE
