@@ -9,10 +9,9 @@ from meltok_runtime.lazy import lazy_attributes
 
 # Lazy, so that `import meltok_export` (and its CLI's --help) stays fast and torch loads only when used.
 _LAZY = {"export_bundle": "bundle", "export_onnx": "onnx_export", "verify_bundle": "verify",
-         "check_tensorrt_ops": "op_support", "build_engine": "tensorrt_build",
-         "write_triton_repository": "triton_repository"}
+         "check_tensorrt_ops": "op_support", "write_triton_repository": "triton_repository"}
 
-__all__ = ["__version__", "export_bundle", "export_onnx", "verify_bundle", "check_tensorrt_ops", "build_engine",
+__all__ = ["__version__", "export_bundle", "export_onnx", "verify_bundle", "check_tensorrt_ops",
            "write_triton_repository"]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

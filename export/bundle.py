@@ -21,24 +21,30 @@ from pathlib import Path
 import torch
 
 from meltok.receptive_field import stream_contract
-from meltok_runtime.io.atomic import atomic_directory
 from meltok_runtime.backends.ort import import_onnxruntime
-from meltok_runtime.lengths import padded_length, token_columns
-from meltok_runtime.manifest import MANIFEST_NAME, Manifest
+from meltok_runtime.engines.builder import require_builder
+from meltok_runtime.engines.bundle import build_engines
+from meltok_runtime.engines.commands import write_commands
+from meltok_runtime.engines.plan import EngineOptions, default_profile_seconds, engine_limits
+from meltok_runtime.engines.reference import write_reference
+from meltok_runtime.io.atomic import atomic_directory, atomic_output
+from meltok_runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
-from .contract import OPSET, PRECISIONS
+from .contract import OPSET, PRECISIONS, VERIFY_AUDIO, verify_audio
+from .dependencies import import_onnx
 from .errors import ExportDestinationError, ExportOptionError
+from .islands import float32_layer_names
 from .onnx_export import export_onnx, model_sha256
 from .quantize import quantize_graphs
-from .tensorrt_build import build_engines, default_profile_seconds, require_tensorrt, tensorrt_version
 from .verify import require_passed, tolerance_record, verify_engines, verify_graphs
 
 log = logging.getLogger("meltok_export")
 
 ENGINES = ("onnx", "trt")
 ONNX_LIMIT_SECONDS = (30.0, 10.0)  # max/opt recorded for ONNX-only bundles (their graphs take any length)
-BUNDLE_SUFFIXES = (".onnx", ".plan", ".cache")  # what a previous bundle holds besides its manifest
+BUNDLE_SUFFIXES = (".onnx", ".plan", ".cache", ".npz", ".json")  # what a previous bundle holds besides its manifest
+REFERENCE_SECONDS = 2.0  # the verification clip stored in every bundle (``meltok_runtime.engines.reference``)
 
 
 def check_destination(out, *, force: bool = False) -> Path:
@@ -96,23 +102,53 @@ def tool_versions(engine: str = "onnx") -> dict[str, str]:
     if "onnxruntime" not in versions:  # the GPU wheel installs the same module under another name
         versions["onnxruntime"] = import_onnxruntime().__version__
     if engine == "trt":
-        versions["tensorrt"] = tensorrt_version()
+        versions["tensorrt"] = require_builder()[0]
     return versions
 
 
 def bundle_limits(model, *, max_batch: int, max_seconds: float, opt_seconds: float) -> dict:
     """Lengths the bundle was built and profiled for (engines refuse more; ONNX graphs accept any length)."""
-    hop, compression, rate = model.hop_length, model.config.tokenizer.compression, model.sample_rate
-    max_samples = padded_length(int(max_seconds * rate), hop, compression)
-    return {"max_batch": int(max_batch), "max_seconds": float(max_seconds), "opt_seconds": float(opt_seconds),
-            "min_samples": padded_length(1, hop, compression), "max_samples": max_samples,
-            "opt_samples": padded_length(int(opt_seconds * rate), hop, compression),
-            "max_columns": token_columns(max_samples, hop, compression)}
+    return engine_limits(model.sample_rate, model.hop_length, model.config.tokenizer.compression,
+                         max_batch=max_batch, max_seconds=max_seconds, opt_seconds=opt_seconds)
+
+
+def float32_nodes(folder: Path, graphs: dict) -> dict:
+    """Graph -> the layer names a weakly typed fp16 TensorRT build pins to float32 (``manifest.float32_nodes``)."""
+    onnx = import_onnx()
+    return {name: float32_layer_names(onnx.load(str(folder / graph.file), load_external_data=False), name)
+            for name, graph in graphs.items() if graph.precision in ("fp32", "fp16")}
+
+
+def deployment_data(folder: Path, manifest: Manifest, options: EngineOptions) -> Manifest:
+    """Write what deploying needs without the model (``verification.npz``: the verification clip's first
+    ``REFERENCE_SECONDS`` and ONNX Runtime CPU's tokens on it; ``tensorrt-commands.json`` for TensorRT-capable
+    graphs); ``manifest`` with its ``verification`` record."""
+    clip = verify_audio(manifest.sample_rate)[: int(REFERENCE_SECONDS * manifest.sample_rate)]
+    manifest = dataclasses.replace(manifest, verification=write_reference(folder, manifest, clip, source=VERIFY_AUDIO))
+    if manifest.graphs["encoder"].precision != "int8":
+        write_commands(folder, manifest, options)
+    return manifest
+
+
+def annotate_bundle(bundle) -> Manifest:
+    """Add the deployment data to a bundle exported before meltok stored it (float32 layer names, verification
+    clip, TensorRT command lines), from its own graphs: no model needed. The manifest is replaced atomically."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    manifest = dataclasses.replace(manifest, float32_nodes=float32_nodes(bundle, manifest.graphs))
+    precision = manifest.graphs["encoder"].precision
+    options = EngineOptions(precision=precision if precision != "int8" else "fp32",
+                            max_batch=manifest.limits.get("max_batch", 16))
+    manifest = deployment_data(bundle, manifest, options)
+    with atomic_output(bundle / MANIFEST_NAME) as tmp:
+        tmp.write_text(manifest.to_json())
+    return manifest
 
 
 def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: int = OPSET, engine: str = "onnx",
-                   digest: str | None = None) -> Manifest:
-    """The manifest of a bundle whose ``graphs`` are written, before verification adds its figures."""
+                   digest: str | None = None, folder: Path | None = None) -> Manifest:
+    """The manifest of a bundle whose ``graphs`` are written (in ``folder``, which names their float32
+    layers), before verification adds its figures."""
     config = model.config
     return Manifest(model_id=model.model_id, model_name=config.name, model_sha256=digest or model_sha256(model),
                     sample_rate=model.sample_rate, hop_length=model.hop_length, n_mels=config.frontend.n_mels,
@@ -120,33 +156,38 @@ def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: in
                     compression=config.tokenizer.compression, opset=opset, graphs=graphs, limits=limits or {},
                     versions=tool_versions(engine), streaming=stream_contract(config),
                     windowing={"window_seconds": DEFAULT_WINDOW_SECONDS, "context_seconds": DEFAULT_CONTEXT_SECONDS,
-                               "fade_seconds": DEFAULT_CONTEXT_SECONDS})
+                               "fade_seconds": DEFAULT_CONTEXT_SECONDS},
+                    float32_nodes=float32_nodes(Path(folder), graphs) if folder is not None else {})
 
 
 def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float | None = None,
                   opt_seconds: float | None = None, max_batch: int = 16, opset: int = OPSET,
                   verify_seconds: float = 6.0, timing_cache=None, version_compatible: bool = False,
-                  force: bool = False) -> Manifest:
+                  stream_profile: bool = False, force: bool = False) -> Manifest:
     """Export ``model`` (a ``meltok.MelTok``) to the bundle folder ``out``; returns its manifest.
 
     ``engine="trt"`` also builds TensorRT engines (fails fast with MissingDependencyError where TensorRT's
-    builder is not installed), sized by ``max_seconds``/``opt_seconds``/``max_batch`` (defaults: the
-    runtime's window, ``meltok_export.tensorrt_build.default_profile_seconds``; ONNX-only bundles record
-    ``ONNX_LIMIT_SECONDS``); ``version_compatible``
-    engines also run on TensorRT's lean runtime. ``precision="int8"``: ONNX Runtime CPU graphs, quantized
+    builder is not installed) with the runtime's builder (``meltok_runtime.engines``, the one ``meltok-rt
+    engines`` uses), sized by ``max_seconds``/``opt_seconds``/``max_batch`` (defaults: the runtime's window,
+    ``default_profile_seconds``; ONNX-only bundles record ``ONNX_LIMIT_SECONDS``), with a stream-sized
+    second profile where ``stream_profile``; ``version_compatible`` engines also run on TensorRT's lean
+    runtime. Every bundle also holds its verification clip with ONNX Runtime CPU's tokens
+    (``verification.npz``) and the equivalent ``trtexec``/``polygraphy`` lines (``tensorrt-commands.json``).
+    ``precision="int8"``: ONNX Runtime CPU graphs, quantized
     from the float32 ones (``meltok_export.quantize``). ``force`` replaces a previous bundle at ``out``.
     Raises VerificationError (a BundleError) when the graphs or engines do not reproduce the model;
     nothing is left behind then.
     """
-    default_max, default_opt = default_profile_seconds(model) if engine == "trt" else ONNX_LIMIT_SECONDS
+    numbers = (model.sample_rate, model.hop_length, model.config.tokenizer.compression)
+    default_max, default_opt = default_profile_seconds(*numbers) if engine == "trt" else ONNX_LIMIT_SECONDS
     max_seconds = default_max if max_seconds is None else max_seconds
     opt_seconds = min(default_opt, max_seconds) if opt_seconds is None else opt_seconds
     _check_options(engine, precision, max_seconds, opt_seconds, max_batch)
-    if version_compatible and engine != "trt":
-        raise ExportOptionError("--version-compatible applies to TensorRT engines: add --engine trt")
+    if (version_compatible or stream_profile) and engine != "trt":
+        raise ExportOptionError("--version-compatible and --stream-profile apply to TensorRT engines: add --engine trt")
     out = check_destination(out, force=force)
     if engine == "trt":
-        require_tensorrt()
+        require_builder()
     if model.training or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).cpu().float().eval()  # export and verify a float32 CPU copy
     digest = model_sha256(model)
@@ -156,14 +197,21 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
         quantization = None
         if precision == "int8":  # the float32 graphs (TensorRT-checked), quantized in place
             graphs, quantization = quantize_graphs(folder, model)
-        manifest = draft_manifest(model, graphs, limits=limits, opset=opset, engine=engine, digest=digest)
+        manifest = draft_manifest(model, graphs, limits=limits, opset=opset, engine=engine, digest=digest,
+                                  folder=folder)
         log.info("verifying the graphs on the runtime's backends against the PyTorch model")
         report = verify_graphs(model, folder, manifest, max_seconds=verify_seconds)
         require_passed(report, "the exported graphs")
+        # the engines' options: this export's (--engine trt), or what `meltok-rt engines` does by default
+        trt = engine == "trt"
+        options = EngineOptions(precision=precision if precision != "int8" else "fp32",
+                                max_seconds=max_seconds if trt else None, opt_seconds=opt_seconds if trt else None,
+                                max_batch=max_batch, stream_profile=stream_profile,
+                                version_compatible=version_compatible,
+                                timing_cache=str(timing_cache) if timing_cache else None)
+        manifest = deployment_data(folder, manifest, options)
         if engine == "trt":
-            engines = build_engines(model, folder, precision, limits, timing_cache=timing_cache,
-                                    version_compatible=version_compatible)
-            manifest = dataclasses.replace(manifest, engines=engines)
+            manifest = dataclasses.replace(manifest, engines=build_engines(folder, manifest, options, limits=limits))
             log.info("verifying the TensorRT engines against the PyTorch model")
             report["tensorrt"] = verify_engines(model, folder, manifest, max_seconds=verify_seconds)
             require_passed(report, "the TensorRT engines")

@@ -1,11 +1,13 @@
 """``meltok-export`` command line: a thin layer over ``export_bundle`` and ``verify_bundle``.
 
     meltok-export MODEL -o BUNDLE [--engine onnx|trt] [--precision fp32|fp16|int8] [--max-seconds S]
-                  [--opt-seconds S] [--max-batch B] [--version-compatible] [--timing-cache PATH] [--force]
+                  [--opt-seconds S] [--max-batch B] [--version-compatible] [--stream-profile]
+                  [--timing-cache PATH] [--force]
     meltok-export verify BUNDLE -m MODEL
     meltok-export triton BUNDLE -o REPO [--engines] [--max-batch-size B] [--cpu] [--trt-accelerator] [--force]
+    meltok-export annotate BUNDLE
 
-``export`` and ``verify`` need torch (the `export` extra); ``triton`` needs only the bundle.
+``export`` and ``verify`` need torch (the `export` extra); ``triton`` and ``annotate`` need only the bundle.
 """
 import json
 import logging
@@ -30,7 +32,7 @@ class _ExportByDefault(CommandGroup):
 
     def format_usage(self, ctx, formatter):
         formatter.write_usage(ctx.command_path,
-                              "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL | triton BUNDLE -o REPO")
+                              "[-v] MODEL -o BUNDLE [OPTIONS] | verify BUNDLE -m MODEL | triton BUNDLE -o REPO | annotate BUNDLE")
 
 
 @click.group(cls=_ExportByDefault)
@@ -73,25 +75,27 @@ def _load_model(path):
 @click.option("--version-compatible", is_flag=True,
               help="TensorRT engines that also run on later TensorRT 10.x/11.x releases and on the lean runtime "
                    "(`pip install -e '.[trt]'`), at some speed cost.")
+@click.option("--stream-profile", is_flag=True,
+              help="TensorRT engines with a second optimisation profile tuned for stream-sized calls (about 1 s).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
 @click.option("-y", "--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
-           timing_cache, force):
+           stream_profile, timing_cache, force):
     """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
     _require_export_extra()
     from .bundle import check_destination, export_bundle
 
     check_destination(output, force=force)  # before loading anything
     if engine == "trt":
-        from .tensorrt_build import require_tensorrt
+        from meltok_runtime.engines.builder import require_builder
 
-        require_tensorrt()
+        require_builder()
     model = _load_model(model_path)
     manifest = export_bundle(model, output, engine=engine, precision=precision, max_seconds=max_seconds,
                              opt_seconds=opt_seconds, max_batch=max_batch, version_compatible=version_compatible,
-                             timing_cache=timing_cache, force=force)
+                             stream_profile=stream_profile, timing_cache=timing_cache, force=force)
     figures = manifest.tolerances["onnxruntime"]
     click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
                f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "
@@ -163,3 +167,17 @@ def triton(bundle, output, engines, max_batch_size, preferred, max_queue_delay_u
                             pipeline_instances=pipeline_instances)
     write_triton_repository(bundle, output, options, force=force)
     click.echo(f"wrote {output}: start it with `tritonserver --model-repository {output}`\n{describe(output)}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True))
+@user_errors
+def annotate(bundle):
+    """Add to BUNDLE, exported before meltok stored them, what `meltok-rt engines` needs: the names of its
+    float32 layers, a verification clip with ONNX Runtime CPU's tokens, and the trtexec/polygraphy lines.
+    Reads only the bundle's own graphs (no model file)."""
+    from .bundle import annotate_bundle
+
+    manifest = annotate_bundle(bundle)
+    click.echo(f"{bundle}: added {manifest.verification['file']} ({manifest.verification['samples']} samples), "
+               f"float32 layer names of {', '.join(sorted(manifest.float32_nodes))}, tensorrt-commands.json")

@@ -5,12 +5,14 @@ product, clamp), the VQ (every node after the convolution that writes the latent
 codebook and argmin) and the vocoder head (every node after the backbone: its Linear, ``exp``/clip,
 cos/sin, the ISTFT ``ConvTranspose`` and the window normalisation) compute in float32 in every
 precision. Who relies on it: the fp16 export checks its graphs against it, the int8 quantizer excludes
-these nodes, and TensorRT's weakly typed fp16 build pins them to float32.
+these nodes, and TensorRT's weakly typed fp16 build pins them to float32 (``float32_layer_names``, stored in the
+manifest at export).
 """
 from __future__ import annotations
 
 from meltok_runtime.errors import BundleError
 
+NORMALIZATIONS = {"InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 _SHAPE_ONLY = {"Shape", "Size"}  # read a tensor's shape, not its values: island walks stop there
 _FLOAT16, _INT8, _UINT8 = 10, 3, 2  # onnx.TensorProto element types
@@ -105,3 +107,11 @@ def island_violations(onnx_model, graph: str) -> list[str]:
 def island_node_names(onnx_model, graph: str) -> set[str]:
     """Names of every node in ``graph``'s float32 islands."""
     return {node.name for nodes in float32_islands(onnx_model, graph).values() for node in nodes}
+
+
+def float32_layer_names(onnx_model, graph: str) -> list[str]:
+    """What a weakly typed fp16 TensorRT build pins to float32, by exact name (stored in the manifest as
+    ``float32_nodes``): the island nodes and every normalisation node (its statistics overflow in fp16)."""
+    names = island_node_names(onnx_model, graph)
+    names |= {node.name for node in onnx_model.graph.node if node.op_type in NORMALIZATIONS}
+    return sorted(names)

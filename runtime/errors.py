@@ -45,6 +45,10 @@ class BundleError(MeltokError, ValueError):
     """An export bundle whose manifest or graphs are missing or corrupt."""
 
 
+class EngineVerificationError(BundleError):
+    """TensorRT engines built here do not reproduce ONNX Runtime CPU's outputs on the bundle's clip."""
+
+
 class BackendError(MeltokError, RuntimeError):
     """A named backend that cannot run here (library or device missing)."""
 

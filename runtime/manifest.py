@@ -72,6 +72,7 @@ class EngineEntry:
     precision: str
     profile: dict  # input name -> {"min": [...], "opt": [...], "max": [...]}
     version_compatible: bool = False  # built with TensorRT's VERSION_COMPATIBLE flag: runs on the lean runtime
+    stream_profile: dict = field(default_factory=dict)  # optimisation profile 1 (stream-sized calls); {} if none
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ class Manifest:
     # how the runtime windows long inputs (``windowing``): {"window_seconds", "context_seconds", "fade_seconds"};
     # absent in bundles written before it, which get the runtime's defaults (``window_settings``)
     windowing: dict = field(default_factory=dict)
+    # graph -> names of the nodes of its float32 islands (what a weakly typed fp16 TensorRT build pins)
+    float32_nodes: dict = field(default_factory=dict)
+    # the verification clip and ONNX Runtime CPU's reference outputs on it (``meltok_runtime.engines.reference``):
+    # {"file": "verification.npz", "sha256": ..., "source": ..., "samples": N, "decoded_rms": ...}; {} if none
+    verification: dict = field(default_factory=dict)
 
     def __post_init__(self):
         graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}

@@ -105,3 +105,16 @@ def test_a_meltok_folder_in_the_current_directory_does_not_shadow_the_install(tm
     result = subprocess.run([sys.executable, "-c", "from meltok import MelTok; import meltok_runtime, meltok_export"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_every_package_folder_is_listed_in_setup_cfg():
+    """A sub-package missing from ``packages`` is left out of a wheel and of the strict editable install."""
+    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",), inline_comment_prefixes=None)
+    parser.read(ROOT / "setup.cfg")
+    listed = set(parser["options"]["packages"].split())
+    folders = {"meltok": "meltok", "meltok_export": "export", "meltok_runtime": "runtime"}
+    found = set()
+    for name, folder in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join((name, *init.parent.relative_to(ROOT / folder).parts)))
+    assert found == listed

@@ -83,7 +83,7 @@ def test_token_file_corruptions_raise_the_documented_errors(token_example):
 def test_bundle_constants_are_the_codes(default_manifest):
     from meltok.config import FrontendConfig
     from meltok_runtime.melfilters import hann_window, mel_filterbank
-    from meltok_runtime.stream.spec import DEFAULT_CONTEXT_SECONDS, DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS
+    from meltok_runtime.stream.spec import DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_STEP_SECONDS
     from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS as CONTEXT, DEFAULT_WINDOW_SECONDS
 
     frontend, m = FrontendConfig(), default_manifest
@@ -95,7 +95,7 @@ def test_bundle_constants_are_the_codes(default_manifest):
         "token_rows": m.token_rows, "codebook_size": m.codebook_size, "column_samples": hop * compression,
         "min_samples": padded_length(1, hop, compression), "window_seconds": DEFAULT_WINDOW_SECONDS,
         "context_seconds": CONTEXT, "stream_lookahead_seconds": DEFAULT_LOOKAHEAD_SECONDS,
-        "stream_context_seconds": DEFAULT_CONTEXT_SECONDS, "stream_fade_seconds": DEFAULT_FADE_SECONDS,
+        "stream_step_seconds": DEFAULT_STEP_SECONDS, "stream_fade_seconds": DEFAULT_FADE_SECONDS,
     }
     table = {row[0]: float(row[1]) for row in _table((DOCS / "bundle.md").read_text(), "constant")}
     assert table == {name: float(value) for name, value in code.items()}

@@ -11,7 +11,7 @@
 #    qemu-user 7.2 (with QEMU_CPU max, cortex-a72 or neoverse-n1 alike), 1.22.0 and 1.19.2 import; whether
 #    1.32 runs on real Arm hardware was not checked here;
 # 3. the runtime's tests that need no PyTorch, then the README's main job with the shipped bundle
-#    (meltok-rt encode tests/data/music.flac, decode), every process an arm64 python3.11 under
+#    (meltok-rt encode tests/data/music.flac, decode), then meltok-rt doctor and a short meltok-rt bench, every process an arm64 python3.11 under
 #    qemu-aarch64-static -L ROOT. Tests that export bundles need PyTorch and are not run; tests that start
 #    a Python subprocess need binfmt_misc (absent in containers) and are deselected.
 set -eu
@@ -52,3 +52,6 @@ RT="from meltok_runtime.cli.main import main; main()"
 $PY -c "$RT" encode tests/data/music.flac -o "$OUT/music.mtok"
 $PY -c "$RT" decode "$OUT/music.mtok" -o "$OUT/music.wav"
 $PY -c "import soundfile; info = soundfile.info('$OUT/music.wav'); print('decoded', info.samplerate, 'Hz,', info.frames, 'frames')"
+echo "== meltok-rt doctor and a short bench (no GPU under emulation: both say so)"
+$PY -c "$RT" doctor || echo "(doctor: the shipped bundle does not run here, see above)"
+$PY -c "$RT" bench --seconds 1 --batch 2 --repeats 1 --stream-seconds 2 --budget-seconds 60

@@ -33,7 +33,7 @@ for all backends); ``--mode graph`` times one call of the bare graph on the whol
 ``detokenize`` and the runtime backend's ``run``), as the DESIGN measurements did.
 
 Modules: ``backends`` (what each backend is and whether it can run here), ``worker`` (one configuration,
-timed in its own process), ``memory`` (peak RSS and device memory), ``bundles`` (export or reuse the
+timed in its own process), ``bundles`` (export or reuse the
 bundles), ``report`` (table, chart), ``cli`` (the entry point: ``python -m benchmarks.speed``).
 """
 from .cli import main

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKENDS
-from .memory import NvmlSampler, current_rss_mb, peak_rss_mb
+from meltok_runtime.deploy.memory import NvmlSampler, current_rss_mb, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[2]
 MUSIC = ROOT / "tests" / "data" / "long_music.ogg"

@@ -16,6 +16,7 @@ from meltok_runtime.optional import import_optional
 
 CUDA_INSTALL = "pip install -e '.[trt]' (cuda-python comes with it)"
 NO_DEVICE = ("cudaErrorNoDevice", "CUDA_ERROR_NO_DEVICE")
+CU_COMPUTE_CAPABILITY_MAJOR, CU_COMPUTE_CAPABILITY_MINOR = 75, 76  # CUdevice_attribute values
 OLD_DRIVER = ("cudaErrorInsufficientDriver", "CUDA_ERROR_INSUFFICIENT_DRIVER", "cudaErrorCompatNotSupportedOnDevice")
 
 
@@ -89,3 +90,28 @@ def driver_device_count() -> int:
             return 0
         raise BackendError(f"the NVIDIA driver failed with {label}: {cuda_error_advice(label)}")
     return count.value
+
+
+def driver_description() -> dict:
+    """What the NVIDIA driver says, asked of ``libcuda`` through ctypes: ``{"driver": "12.6" or None,
+    "devices": [{"name", "compute_capability"}], "error": None or why it cannot say}``."""
+    driver = _load_driver()
+    if driver is None:
+        return {"driver": None, "devices": [], "error": "no NVIDIA driver is installed here (libcuda not found)"}
+    version = ctypes.c_int(0)
+    release = f"{version.value // 1000}.{version.value % 1000 // 10}" if driver.cuDriverGetVersion(
+        ctypes.byref(version)) == 0 and version.value else None
+    try:
+        count = driver_device_count()
+    except BackendError as error:
+        return {"driver": release, "devices": [], "error": str(error)}
+    devices = []
+    for index in range(count):
+        handle, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
+        major, minor = ctypes.c_int(0), ctypes.c_int(0)
+        if driver.cuDeviceGet(ctypes.byref(handle), index) != 0 or driver.cuDeviceGetName(name, 256, handle) != 0:
+            continue
+        driver.cuDeviceGetAttribute(ctypes.byref(major), CU_COMPUTE_CAPABILITY_MAJOR, handle)
+        driver.cuDeviceGetAttribute(ctypes.byref(minor), CU_COMPUTE_CAPABILITY_MINOR, handle)
+        devices.append({"name": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"})
+    return {"driver": release, "devices": devices, "error": None if count else "the NVIDIA driver sees no GPU"}

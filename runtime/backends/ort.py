@@ -71,6 +71,18 @@ def _preload_cuda_libraries(ort) -> None:
             pass
 
 
+def cuda_provider_options(device_id: int = 0) -> dict:
+    """The CUDA execution provider's options for a bundle's graphs.
+
+    - ``use_tf32: 0`` (onnxruntime-gpu >= 1.18): float32 products and convolutions stay float32, so the
+      tokens equal the CPU's; with TF32 (the provider's default) the float32 islands lose 13 mantissa bits.
+    - ``cudnn_conv_algo_search: HEURISTIC``: cuDNN's own choice of convolution algorithm. The default
+      (EXHAUSTIVE) times every algorithm again for each new input shape, and the codec meets new shapes all
+      the time: the last window of every input and every stream push.
+    """
+    return {"device_id": device_id, "use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+
+
 class OrtCpuBackend(Backend):
     """ONNX Runtime on the CPU; ``threads`` sets the intra-op thread count (default: all cores)."""
 
@@ -167,9 +179,7 @@ class OrtCudaBackend(OrtCpuBackend):
 
     def _providers(self, ort) -> list:
         _preload_cuda_libraries(ort)
-        # use_tf32=0 (onnxruntime-gpu >= 1.18): float32 products and convolutions stay float32, so the tokens
-        # equal the CPU's; with TF32 (the provider's default) the float32 islands lose 13 mantissa bits.
-        return [("CUDAExecutionProvider", {"device_id": self.device_id, "use_tf32": 0}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", cuda_provider_options(self.device_id)), "CPUExecutionProvider"]
 
     def _check_session(self, session) -> None:
         if session.get_providers()[:1] != ["CUDAExecutionProvider"]:

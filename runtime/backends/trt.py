@@ -10,14 +10,17 @@ version-compatible engines (``meltok-export --engine trt --version-compatible``)
 ships inside the engine: loading one needs engine host code allowed, which is granted only to a
 version-compatible engine whose hash matches the bundle's manifest.
 
-One execution context, one non-default CUDA stream and one set of device buffers per backend: buffers
-are reused while shapes repeat and grown when a larger input comes; every ``run`` sets and checks the
-input shapes, copies the inputs (cast to the engine's dtypes), enqueues with ``execute_async_v3``,
-copies the outputs back and synchronises the stream. Runs are serialised by the base class
+One execution context per optimisation profile (the window profile, and the stream profile where the
+engine has one: a call whose inputs fit it runs there), one non-default CUDA stream, one set of device
+buffers and one set of page-locked host buffers per backend: buffers are reused while shapes repeat and
+grown when a larger input comes; every ``run`` sets and checks the input shapes, casts the inputs into
+the pinned buffers (the engine's dtypes), copies them to the device, enqueues with ``execute_async_v3``,
+copies the outputs back into pinned memory, synchronises the stream and hands the caller copies. Runs are serialised by the base class
 (``serialize_runs``): the context and buffers are shared state.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 
@@ -55,8 +58,8 @@ def _no_engine(graphs) -> str:
     """Why the trt backend cannot run: no engine for ``graphs`` (in the runtime's order), and what to run."""
     missing = " and ".join(name for name in GRAPH_NAMES if name in graphs)
     return (f"the bundle has no TensorRT engine for its {missing} graph{'s' if ' and ' in missing else ''}; build "
-            f"them where TensorRT's builder is installed ({TRT_BUILD_INSTALL}) with `meltok-export MODEL -o BUNDLE "
-            "--engine trt --force`, or use --backend ort-cuda or ort-cpu")
+            f"them on this machine with `meltok-rt engines BUNDLE` (needs TensorRT's builder: JetPack's, or "
+            f"{TRT_BUILD_INSTALL}), or use --backend ort-cuda or ort-cpu")
 
 
 def _version(text: str) -> tuple:
@@ -91,19 +94,19 @@ def check_engine(manifest: Manifest, graph: str, *, tensorrt_version: str, compu
         raise EngineMismatchError(
             f"the bundle's {graph} engine was built for {built}, but this machine has compute capability "
             f"{compute_capability} and TensorRT {tensorrt_version}; an engine runs only where both match: rebuild "
-            "it here with `meltok-export --engine trt`, or use --backend ort-cuda")
+            "it here with `meltok-rt engines BUNDLE --force`, or use --backend ort-cuda")
     entry = matching[0]
     if lean and not entry.version_compatible:
         raise EngineMismatchError(
             f"the bundle's {graph} engine was not built version-compatible, and only TensorRT's lean runtime "
             "(tensorrt_lean) is installed here, which runs version-compatible engines only: rebuild it with "
-            f"`meltok-export --engine trt --version-compatible`, or install the full TensorRT ({TRT_BUILD_INSTALL})")
+            f"`meltok-rt engines BUNDLE --force --version-compatible`, or install the full TensorRT ({TRT_BUILD_INSTALL})")
     expected = manifest.graphs[graph].sha256
     if entry.onnx_sha256 != expected:
         raise EngineMismatchError(
             f"the bundle's {graph} engine {entry.file!r} was built from another ONNX file (sha256 "
             f"{entry.onnx_sha256[:12]}...) than the bundle's {graph} graph ({expected[:12]}...); it is stale: "
-            "rebuild it with `meltok-export --engine trt`")
+            "rebuild it with `meltok-rt engines BUNDLE --force`")
     return entry
 
 
@@ -166,10 +169,20 @@ class TrtBackend(Backend):
         if self._engine is None:
             raise BackendError(f"TensorRT could not load the engine {entry.file!r} (see its log above); rebuild it "
                                "with `meltok-export --engine trt`")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?); rebuild the "
-                               "engine with a smaller profile (--max-seconds, --max-batch)")
+        self._profiles = [entry.profile] + ([entry.stream_profile] if entry.stream_profile else [])
+        flags = cudart.cudaStreamNonBlocking  # a stream of our own, not synchronised with the legacy default one
+        self._stream = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
+        self._contexts = []  # one execution context per optimisation profile
+        for index in range(len(self._profiles)):
+            context = self._engine.create_execution_context()
+            if context is None:
+                raise BackendError("TensorRT could not create an execution context (out of GPU memory?); rebuild the "
+                                   "engine with a smaller profile (--max-seconds, --max-batch)")
+            if index and not context.set_optimization_profile_async(index, int(self._stream)):
+                raise BackendError(f"the engine {entry.file!r} has no optimisation profile {index} although its "
+                                   "manifest entry lists a stream profile; rebuild it with `meltok-rt engines`")
+            self._contexts.append(context)
+        cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {name: self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         self._input_names = [name for name in names if is_input[name]]
@@ -179,63 +192,92 @@ class TrtBackend(Backend):
             raise BundleError(f"the engine {entry.file!r} has inputs {self._input_names} and outputs "
                               f"{self._output_names}, but the manifest lists {want_in} and {want_out}; re-export")
         self._dtypes = {name: np.dtype(NUMPY_TYPES[self._engine.get_tensor_dtype(name).name]) for name in names}
-        self._profile = entry.profile
         self._buffers: dict = {}  # name -> [device pointer, capacity in bytes]
-        flags = cudart.cudaStreamNonBlocking  # a stream of our own, not synchronised with the legacy default one
-        self._stream = cuda_call(cudart, cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
+        self._host: dict = {}  # name -> [page-locked host pointer, capacity in bytes]
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least ``nbytes`` for ``name``, reused while large enough."""
+        return self._grow(self._buffers, name, nbytes, "cudaMalloc", "cudaFree")
+
+    def _host_buffer(self, name: str, nbytes: int) -> np.ndarray:
+        """``nbytes`` of page-locked host memory for ``name`` (a uint8 view), reused while large enough: copies
+        from and to it are truly asynchronous, and no call pays for pinning memory again."""
+        pointer = self._grow(self._host, name, nbytes, "cudaMallocHost", "cudaFreeHost")
+        return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(pointer)) if nbytes else np.empty(0, np.uint8)
+
+    def _grow(self, pool: dict, name: str, nbytes: int, allocate: str, free: str) -> int:
         cudart = self._cudart
-        buffer = self._buffers.get(name)
+        buffer = pool.get(name)
         if buffer is None or buffer[1] < nbytes:
             if buffer is not None:
-                cuda_call(cudart, cudart.cudaFree(buffer[0]), "cudaFree")
-                del self._buffers[name]
+                cuda_call(cudart, getattr(cudart, free)(buffer[0]), free)
+                del pool[name]
             capacity = max(nbytes, 256)
-            self._buffers[name] = [cuda_call(cudart, cudart.cudaMalloc(capacity), "cudaMalloc"), capacity]
-        return int(self._buffers[name][0])
+            pool[name] = [cuda_call(cudart, getattr(cudart, allocate)(capacity), allocate), capacity]
+        return int(pool[name][0])
+
+    def _context_for(self, feeds: dict):
+        """The stream profile's context where every input fits that profile, else the window profile's:
+        ``(context, profile)``."""
+        for context, profile in reversed(list(zip(self._contexts, self._profiles))):
+            if all(_fits(feeds[name].shape, profile.get(name)) for name in self._input_names):
+                return context, profile
+        return self._contexts[0], self._profiles[0]
 
     def _run(self, feeds: dict) -> dict:
-        cudart, context, stream = self._cudart, self._context, self._stream
+        cudart, stream = self._cudart, self._stream
+        context, profile = self._context_for(feeds)
         to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        staged = []  # keeps each cast input alive until the stream is synchronised
         for name in self._input_names:
-            array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
+            array = feeds[name]
             if not context.set_input_shape(name, tuple(array.shape)):
-                limits = self._profile.get(name, {})
+                limits = profile.get(name, {})
                 raise InputSpecError(f"input {name!r} of shape {list(array.shape)} is outside the engine's "
                                      f"optimisation profile (min {limits.get('min')}, max {limits.get('max')}); "
                                      "rebuild the engine with a larger range or use --backend ort-cuda")
-            pointer = self._device_buffer(name, array.nbytes)
-            cuda_call(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, to_device, stream),
+            dtype = self._dtypes[name]
+            nbytes = array.size * dtype.itemsize
+            staged = self._host_buffer(name, nbytes)
+            staged[:] = np.ascontiguousarray(array, dtype=dtype).view(np.uint8).ravel()  # cast into pinned memory
+            pointer = self._device_buffer(name, nbytes)
+            cuda_call(cudart, cudart.cudaMemcpyAsync(pointer, staged.ctypes.data, nbytes, to_device, stream),
                       "cudaMemcpyAsync (input)")
             context.set_tensor_address(name, pointer)
-            staged.append(array)
-        hosts = {}
+        shapes = {}
         for name in self._output_names:
             shape = tuple(context.get_tensor_shape(name))
             if any(size < 0 for size in shape):
                 raise BackendError(f"TensorRT could not infer the shape of output {name!r} ({list(shape)})")
-            hosts[name] = np.empty(shape, dtype=self._dtypes[name])
-            context.set_tensor_address(name, self._device_buffer(name, hosts[name].nbytes))
+            shapes[name] = shape
+            nbytes = int(np.prod(shape)) * self._dtypes[name].itemsize
+            context.set_tensor_address(name, self._device_buffer(name, nbytes))
         if not context.execute_async_v3(int(stream)):
             raise BackendError(f"TensorRT failed to run the {self.graph_name} engine (see its log above)")
         to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name, host in hosts.items():
-            cuda_call(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes,
-                                                     to_host, stream), "cudaMemcpyAsync (output)")
+        staged = {}
+        for name, shape in shapes.items():
+            staged[name] = self._host_buffer(name, int(np.prod(shape)) * self._dtypes[name].itemsize)
+            cuda_call(cudart, cudart.cudaMemcpyAsync(staged[name].ctypes.data, self._buffers[name][0],
+                                                     staged[name].nbytes, to_host, stream), "cudaMemcpyAsync (output)")
         cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return hosts
+        # the caller owns its outputs: copied out of the pinned buffers, which the next run overwrites
+        return {name: staged[name].view(self._dtypes[name]).reshape(shapes[name]).copy() for name in shapes}
 
     def _close(self) -> None:
         cudart = self._cudart
         for pointer, _ in self._buffers.values():
             cudart.cudaFree(pointer)
-        self._buffers = {}
+        for pointer, _ in self._host.values():
+            cudart.cudaFreeHost(pointer)
+        self._buffers, self._host = {}, {}
         if self._stream is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
-        self._context = None  # the context before its engine, the engine before its runtime
+        self._contexts = []  # the contexts before their engine, the engine before its runtime
         self._engine = None
         self._runtime = None
+
+
+def _fits(shape, limits) -> bool:
+    return bool(limits) and len(shape) == len(limits["min"]) and all(
+        low <= size <= high for size, low, high in zip(shape, limits["min"], limits["max"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from meltok_runtime.backends import BACKEND_CHOICES
+from meltok_runtime.cli.deploy import COMMANDS as DEPLOY_COMMANDS
 from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
                           force_option, original_rate_option, progress_bar, require_packages, setup_logging, stdin_options,
                           stream_options, subtype_option, user_errors, verbose_option, version_option)
@@ -126,7 +127,8 @@ def info(path, backend, threads):
         "codebook_size": manifest.codebook_size, "token_rate": manifest.token_rate, "opset": manifest.opset,
         "graphs": {name: {"file": g.file, "precision": g.precision} for name, g in manifest.graphs.items()},
         "engines": [{"graph": e.graph, "file": e.file, "precision": e.precision, "tensorrt": e.tensorrt_version,
-                     "compute_capability": e.compute_capability, "device": e.device_name}
+                     "compute_capability": e.compute_capability, "device": e.device_name,
+                     "version_compatible": e.version_compatible, "stream_profile": bool(e.stream_profile)}
                     for e in manifest.engines],
         "limits": manifest.limits, "tolerances": manifest.tolerances,
         "backends": {name: "available" if why is None else f"unavailable: {why}"
@@ -261,3 +263,7 @@ def serve(bundle, backend, host, port, max_batch, max_wait_ms, max_streams, max_
 
     click.echo(f"serving on http://{host}:{port}", err=True)
     run(config, host=host, port=port)
+
+
+for _command in DEPLOY_COMMANDS:
+    main.add_command(_command)

@@ -43,7 +43,7 @@ def exported(tmp_path_factory, models):
         if (name, precision) not in folders:
             folder = tmp_path_factory.mktemp(f"{name}-{precision}")
             graphs = export_onnx(models[name], folder, precision=precision)
-            draft_manifest(models[name], graphs).write(folder)
+            draft_manifest(models[name], graphs, folder=folder).write(folder)
             folders[name, precision] = folder
         return folders[name, precision]
 

@@ -24,7 +24,12 @@ def _leftovers(parent, name):
 def test_manifest_contents(tiny_bundle, tiny_model):
     out, manifest = tiny_bundle
     assert load_manifest(out) == manifest
-    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json",
+                                                     "tensorrt-commands.json", "verification.npz"]
+    assert manifest.verification["file"] == "verification.npz" and manifest.verification["samples"] == 2 * 44100
+    assert manifest.verification["sha256"] == file_sha256(out / "verification.npz")
+    assert (out / "verification.npz").stat().st_size < 200_000  # small: 2 s of 16-bit audio and its tokens
+    assert set(manifest.float32_nodes) == {"encoder", "decoder"} and all(manifest.float32_nodes.values())
     assert manifest.model_id == tiny_model.model_id and manifest.model_name == "meltok-tiny"
     assert manifest.model_sha256 == model_sha256(tiny_model)
     assert (manifest.sample_rate, manifest.hop_length, manifest.n_mels, manifest.token_rows,
@@ -116,7 +121,8 @@ def _no_tensorrt(monkeypatch):
 
 def test_trt_engine_without_tensorrt_fails_fast(tiny_model, tmp_path, monkeypatch):
     _no_tensorrt(monkeypatch)
-    with pytest.raises(BackendError, match=r"install it with: pip install -e '\.\[trt-build\]' --extra-index-url"):
+    with pytest.raises(BackendError, match=r"TensorRT engines cannot be built here: .*JetPack.*pip install -e "
+                                           r"'\.\[trt-build\]' --extra-index-url"):
         export_bundle(tiny_model, tmp_path / "out", engine="trt")
     assert _leftovers(tmp_path, "out") == []
 
@@ -151,7 +157,7 @@ def test_cli_trt_without_tensorrt_is_one_line_error(tiny_model_file, tmp_path, m
     result = CliRunner().invoke(main, ["export", str(tiny_model_file), "-o", str(out), "--engine", "trt"])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: building TensorRT engines (--engine trt) needs"), result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: TensorRT engines cannot be built here"), result.output
     assert "pip install -e '.[trt-build]' --extra-index-url https://pypi.nvidia.com" in lines[0]
     assert _leftovers(tmp_path, "bundle") == []
 
@@ -180,3 +186,27 @@ def test_paper_preset_bundle(tmp_path):
     figures = manifest.tolerances["onnxruntime"]
     assert figures["token_agreement"] >= TOLERANCES["fp16"]["token_agreement_min"]
     assert manifest.token_rows == 12 and manifest.codebook_size == 8192
+
+
+def test_annotate_gives_an_older_bundle_the_deployment_data_of_a_new_export(tiny_bundle, tmp_path):
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    out, manifest = tiny_bundle
+    old = shutil.copytree(out, tmp_path / "old")
+    (old / "verification.npz").unlink()
+    (old / "tensorrt-commands.json").unlink()
+    dataclasses.replace(manifest, verification={}, float32_nodes={}).write(old)
+    result = CliRunner().invoke(main, ["annotate", str(old)])
+    assert result.exit_code == 0, result.output
+    again = load_manifest(old)
+    assert again.float32_nodes == manifest.float32_nodes
+    assert {k: v for k, v in again.verification.items() if k != "sha256"} == \
+        {k: v for k, v in manifest.verification.items() if k != "sha256"}
+    with np.load(old / "verification.npz") as new, np.load(out / "verification.npz") as exported:
+        assert np.array_equal(new["tokens"], exported["tokens"]) and np.array_equal(new["audio_pcm16"],
+                                                                                      exported["audio_pcm16"])
+    assert json.loads((old / "tensorrt-commands.json").read_text()) == \
+        json.loads((out / "tensorrt-commands.json").read_text())

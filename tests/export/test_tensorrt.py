@@ -9,10 +9,10 @@ pytestmark = [pytest.mark.trt, pytest.mark.gpu]
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_tensorrt():
-    from meltok_export.tensorrt_build import require_tensorrt
+    from meltok_runtime.engines.builder import require_builder
 
     try:
-        require_tensorrt()
+        require_builder()
     except MeltokError as error:
         pytest.skip(str(error))
 

@@ -1,11 +1,15 @@
 """Why TF32 is off in every TensorRT build and ONNX Runtime CUDA session, emulated on the CPU.
 
 On Ampere and later GPUs, TF32 rounds the operands of float32 matrix products and convolutions to a
-10-bit mantissa. ``tf32_emulation`` does that rounding to every float32 ``conv1d``/``conv_transpose1d``/
-``matmul``/``linear`` call, which in the fp16 graph (``precision_variant(model, "fp16")``) are exactly the
-float32 islands: the STFT convolution, the mel and VQ-distance products, the head and the ISTFT. With
-the rounding, the fp16 tokens fall under the export's floor (``FP16_TOKEN_FLOOR``) on real audio, for
-the tiny preset and for the shipped model; without it they stay above it.
+10-bit mantissa. ``tf32_emulation`` does that rounding to every float32 product the model runs: the 1D
+convolutions and matrix products of the islands (STFT, mel and VQ-distance products, the head, the
+ISTFT) and the tokenizer's bulk, its ``conv2d`` layers and the ``bmm`` products of its attention
+(``test_the_emulation_covers_every_product_the_model_runs`` holds the list to what the model calls). In
+the fp16 graph (``precision_variant(model, "fp16")``) only the float32 islands are still float32, so
+only they are rounded. With the rounding, the fp16 tokens fall under the export's floor
+(``FP16_TOKEN_FLOOR``) on real audio, for the tiny preset and for the shipped model, and the float32
+graph's tokens drift as far; without it they stay above it. This is a CPU emulation of TF32's
+rounding, the evidence for the precision contract; no GPU ran it.
 """
 import contextlib
 
@@ -24,7 +28,11 @@ from meltok_runtime.lengths import padded_length
 
 from ..runtime.conftest import DATA
 
-FLOAT32_PRODUCTS = {F.conv1d, F.conv_transpose1d, F.linear, torch.matmul, torch.Tensor.__matmul__}
+FLOAT32_PRODUCTS = {F.conv1d, F.conv_transpose1d, F.conv2d, F.conv_transpose2d, F.linear, torch.matmul,
+                    torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm, torch.baddbmm, torch.mm, torch.addmm,
+                    torch.einsum}
+PRODUCT_NAMES = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul",
+                 "__matmul__", "bmm", "baddbmm", "mm", "addmm", "einsum", "scaled_dot_product_attention", "tensordot"}
 CLIPS = ("music.flac", "speech.flac", "effects.flac")
 SECONDS = 2.0
 
@@ -44,6 +52,28 @@ class tf32_emulation(TorchFunctionMode):
         if func in FLOAT32_PRODUCTS:
             args = tuple(round_to_tf32(arg) for arg in args)
         return func(*args, **(kwargs or {}))
+
+
+class _record_calls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.add(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_emulation_covers_every_product_the_model_runs():
+    """Every matrix product or convolution the model calls on float32 data is TF32-rounded by the emulation,
+    the tokenizer's conv2d and attention bmm included (they are most of its FLOPs)."""
+    model = _tiny()
+    audio = _clips(model.sample_rate, model.hop_length, model.config.tokenizer.compression)[:1]
+    with torch.inference_mode(), _record_calls() as recorder:
+        model.detokenize(model.tokenize(audio))
+    products = {func for func in recorder.calls if getattr(func, "__name__", "") in PRODUCT_NAMES}
+    assert {F.conv2d, torch.bmm} <= products  # the tokenizer's bulk: 2D convolutions and attention
+    assert products <= FLOAT32_PRODUCTS, products - FLOAT32_PRODUCTS
 
 
 def test_rounding_keeps_ten_mantissa_bits():

@@ -1,6 +1,7 @@
-"""The GPU backends' run paths, executed on an emulated GPU (``gpu_fakes``): every line of
-``TrtBackend`` and ``OrtCudaBackend`` runs in the default suite, and their results must equal ONNX
-Runtime CPU's byte for byte on real audio."""
+"""The GPU backends' run paths, executed on an emulated GPU (``gpu_fakes``): every line of ``TrtBackend`` and
+``OrtCudaBackend`` runs in the default suite. The fake engines and sessions run the same ONNX graph on ONNX
+Runtime CPU, so comparing their outputs with ONNX Runtime CPU's (exactly: same graph, same library) checks
+the backends' copies, their order, synchronisation and dtypes, not GPU numerics; no GPU ran these tests."""
 import dataclasses
 import hashlib
 import json
@@ -32,16 +33,25 @@ def profiles(manifest, max_batch=4, max_seconds=12.0):
                                    "max": [max_batch, manifest.token_rows, columns]}}}
 
 
-def add_engines(bundle, *, dtypes=None, **changes):
-    """Write fake engines (the bundle's own ONNX graphs, see ``gpu_fakes``) and their manifest entries."""
+def stream_profiles(manifest, max_seconds=2.0):
+    """Stream-sized profiles (what ``meltok-rt engines --stream-profile`` adds as profile 1)."""
+    return profiles(manifest, max_batch=1, max_seconds=max_seconds)
+
+
+def add_engines(bundle, *, dtypes=None, stream=False, **changes):
+    """Write fake engines (the bundle's own ONNX graphs, see ``gpu_fakes``) and their manifest entries;
+    ``stream``: with a second, stream-sized optimisation profile."""
     manifest = load_manifest(bundle)
     engines = []
+    extra = stream_profiles(manifest) if stream else {}
     for graph, profile in profiles(manifest).items():
-        data = engine_bytes((bundle / manifest.graphs[graph].file).read_bytes(), profile, (dtypes or {}).get(graph))
+        data = engine_bytes((bundle / manifest.graphs[graph].file).read_bytes(),
+                            [profile] + ([extra[graph]] if stream else []), (dtypes or {}).get(graph))
         (bundle / f"{graph}.plan").write_bytes(data)
         entry = EngineEntry(graph=graph, file=f"{graph}.plan", sha256=hashlib.sha256(data).hexdigest(),
                             onnx_sha256=manifest.graphs[graph].sha256, tensorrt_version="10.3.0",
-                            compute_capability="9.0", device_name=H100, precision="fp32", profile=profile)
+                            compute_capability="9.0", device_name=H100, precision="fp32", profile=profile,
+                            stream_profile=extra.get(graph, {}))
         engines.append(dataclasses.replace(entry, **changes))
     dataclasses.replace(manifest, engines=tuple(engines)).write(bundle)
     return load_manifest(bundle)
@@ -112,6 +122,35 @@ def test_buffers_are_reused_then_grown_and_the_profile_is_enforced(gpu, bundle_c
             backend.run({"tokens": np.zeros((1, 12, 10_000), np.int32)})
         with pytest.raises(InputSpecError, match="outside the engine's optimisation profile"):
             backend.run({"tokens": np.zeros((5, 12, 10), np.int32)})
+
+
+def test_host_buffers_are_page_locked_and_reused_across_calls(gpu, bundle_copy, expected):
+    feeds, tokens, decoded = expected
+    manifest = add_engines(bundle_copy)
+    with TrtBackend(bundle_copy, manifest, "encoder") as encoder, TrtBackend(bundle_copy, manifest, "decoder") as dec:
+        first = [encoder.run({"audio": feeds})["tokens"], dec.run({"tokens": tokens})["audio"]]
+        pinned = gpu.cudart.calls.count("cudaMallocHost")
+        assert pinned == 4  # audio, tokens (in and out), audio out: one page-locked buffer each
+        for _ in range(2):
+            again = [encoder.run({"audio": feeds})["tokens"], dec.run({"tokens": tokens})["audio"]]
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(first, again))
+        assert gpu.cudart.calls.count("cudaMallocHost") == pinned  # reused, not allocated per call
+        assert gpu.cudart.pageable_async_copies == 0  # every asynchronous copy reads or writes pinned memory
+        again[1][:] = 0  # the caller owns its outputs: the next run does not write into them
+        assert dec.run({"tokens": tokens})["audio"].tobytes() == decoded.tobytes()
+    assert not gpu.cudart.pinned  # close freed the pinned buffers
+
+
+def test_stream_sized_calls_run_on_the_stream_profile(gpu, bundle_copy, expected):
+    feeds, tokens, decoded = expected
+    manifest = add_engines(bundle_copy, stream=True)
+    assert manifest.engines[0].stream_profile["audio"]["max"][0] == 1
+    with TrtBackend(bundle_copy, manifest, "decoder") as decoder, \
+            OrtCpuBackend(bundle_copy, manifest, "decoder") as reference:
+        short = tokens[:1, :, :10]  # a stream push: fits profile 1
+        assert decoder.run({"tokens": short})["audio"].tobytes() == reference.run({"tokens": short})["audio"].tobytes()
+        assert decoder.run({"tokens": tokens})["audio"].tobytes() == decoded.tobytes()  # batch 2: the window profile
+    assert gpu.trt.executions == [1, 0]
 
 
 def _short_copy(cudart):
@@ -234,7 +273,7 @@ def ort_gpu(monkeypatch):
     return module
 
 
-def test_ort_cuda_runs_with_io_binding_and_tf32_off(ort_gpu, tiny_bundle, expected):
+def test_ort_cuda_runs_with_io_binding_tf32_off_and_heuristic_conv_search(ort_gpu, tiny_bundle, expected):
     feeds, tokens, decoded = expected
     manifest = load_manifest(tiny_bundle)
     OrtCudaBackend.check_available(tiny_bundle, manifest)
@@ -243,7 +282,9 @@ def test_ort_cuda_runs_with_io_binding_and_tf32_off(ort_gpu, tiny_bundle, expect
         assert np.array_equal(encoder.run({"audio": feeds})["tokens"], tokens)
         assert decoder.run({"tokens": tokens})["audio"].tobytes() == decoded.tobytes()
     provider, options = ort_gpu.sessions[0].providers[0]
-    assert provider == "CUDAExecutionProvider" and options == {"device_id": 0, "use_tf32": 0}
+    assert provider == "CUDAExecutionProvider"
+    assert options == {"device_id": 0, "use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+    assert all(session.providers[0] == (provider, options) for session in ort_gpu.sessions)
     assert ort_gpu.severity == ort_module.QUIET
 
 

@@ -11,8 +11,12 @@
 - ``FakeOrtModule``: ``onnxruntime`` with a CUDA provider whose IO binding refuses to run before
   ``synchronize_inputs`` and whose outputs live "on the device" until copied.
 
-Wrong copy sizes, orders or dtypes in a backend give wrong bytes or a ``FakeCudaError``: the tests
-compare the results byte for byte with ONNX Runtime CPU.
+Wrong copy sizes, orders or dtypes in a backend give wrong bytes or a ``FakeCudaError``, which the tests
+detect by comparing with ONNX Runtime CPU. The fakes run the same graph with the same library, so equal
+outputs say that data moved correctly, nothing about GPU numerics (TF32, fp16 kernels, TensorRT's layer
+fusions): the precision contract rests on the CPU emulation in ``tests/export/test_tf32_contract.py``.
+``cudaMallocHost`` gives page-locked host memory and the fake counts asynchronous copies from pageable
+memory; ``fake_tensorrt_builder`` records what is asked of TensorRT's builder.
 """
 from .cuda_device import FakeCudaError, FakeCudart, FakeDriver
 from .ort_binding import FakeIOBinding, FakeOrtModule, FakeOrtSession

@@ -32,6 +32,8 @@ class FakeCudart:
     def __init__(self, devices=(("NVIDIA H100 80GB HBM3", 9, 0),), status: str = "cudaSuccess"):
         self.devices, self.status = list(devices), CudaError[status]
         self.memory: dict[int, np.ndarray] = {}
+        self.pinned: dict[int, np.ndarray] = {}  # page-locked host allocations, by address
+        self.pageable_async_copies = 0  # asynchronous copies from or to ordinary (pageable) host memory
         self.streams: dict[int, list] = {}
         self.calls: list[str] = []
         self._addresses = itertools.count(DEVICE_BASE, 1 << 24)
@@ -56,6 +58,9 @@ class FakeCudart:
         name, major, minor = self.devices[device]
         return self._result(SimpleNamespace(name=name.encode() + b"\x00" * 8, major=major, minor=minor))
 
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return self._result(12060)
+
     def cudaSetDevice(self, device):
         self.calls.append("cudaSetDevice")
         self.current_device = device
@@ -72,6 +77,20 @@ class FakeCudart:
             raise FakeCudaError(f"cudaFree of {address:#x}, which is not an allocation")
         del self.memory[address]
         return self._result()
+
+    def cudaMallocHost(self, size):  # noqa: N802 - CUDA's names
+        self.calls.append("cudaMallocHost")
+        buffer = np.full(int(size), 0xCD, np.uint8)
+        self.pinned[buffer.ctypes.data] = buffer
+        return self._result(buffer.ctypes.data)
+
+    def cudaFreeHost(self, address):  # noqa: N802
+        if self.pinned.pop(address, None) is None:
+            raise FakeCudaError(f"cudaFreeHost of {address:#x}, which is not a page-locked allocation")
+        return self._result()
+
+    def _is_pinned(self, address: int, size: int) -> bool:
+        return any(start <= address and address + size <= start + buffer.size for start, buffer in self.pinned.items())
 
     def device_view(self, address: int, size: int) -> np.ndarray:
         """The ``size`` device bytes at ``address``; FakeCudaError outside every allocation."""
@@ -110,6 +129,8 @@ class FakeCudart:
 
     def cudaMemcpyAsync(self, dst, src, size, kind, stream):
         self.calls.append(f"cudaMemcpyAsync {kind.name}")
+        host = src if kind is MemcpyKind.cudaMemcpyHostToDevice else dst
+        self.pageable_async_copies += not self._is_pinned(int(host), int(size))
         self.enqueue(stream, self._copy(dst, src, size, kind))
         return self._result()
 
@@ -147,8 +168,25 @@ class FakeDriver:
 
     NAMES = {100: b"CUDA_ERROR_NO_DEVICE", 35: b"CUDA_ERROR_INSUFFICIENT_DRIVER"}
 
-    def __init__(self, count: int = 1, status: int = 0):
-        self.count, self.status = count, status
+    def __init__(self, count: int = 1, status: int = 0, version: int = 12060,
+                 devices=(("NVIDIA H100 80GB HBM3", 9, 0),)):
+        self.count, self.status, self.version, self.devices = count, status, version, list(devices)
+
+    def cuDriverGetVersion(self, version):  # noqa: N802
+        version._obj.value = self.version
+        return 0
+
+    def cuDeviceGet(self, handle, index):  # noqa: N802
+        handle._obj.value = index
+        return 0
+
+    def cuDeviceGetName(self, buffer, size, handle):  # noqa: N802
+        buffer.value = self.devices[handle.value][0].encode()
+        return 0
+
+    def cuDeviceGetAttribute(self, value, attribute, handle):  # noqa: N802
+        value._obj.value = self.devices[handle.value][{75: 1, 76: 2}[attribute]]
+        return 0
 
     def cuInit(self, flags):  # noqa: N802 - the driver's names
         return self.status

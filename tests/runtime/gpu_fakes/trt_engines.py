@@ -17,18 +17,26 @@ ONNX_TO_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tens
                  "tensor(int64)": "int64"}
 
 
-def engine_bytes(onnx_bytes: bytes, profile: dict, dtypes: dict | None = None) -> bytes:
-    """A fake engine file: a JSON header (profile, dtype overrides) and the ONNX graph."""
-    header = json.dumps({"profile": profile, "dtypes": dtypes or {}}).encode()
+def engine_bytes(onnx_bytes: bytes, profiles, dtypes: dict | None = None) -> bytes:
+    """A fake engine file: a JSON header (optimisation profiles, a dict for one or a list, dtype overrides)
+    and the ONNX graph."""
+    profiles = [profiles] if isinstance(profiles, dict) else list(profiles)
+    header = json.dumps({"profiles": profiles, "dtypes": dtypes or {}}).encode()
     return len(header).to_bytes(4, "little") + header + onnx_bytes
 
 
 class FakeContext:
     def __init__(self, engine):
-        self.engine, self.shapes, self.addresses = engine, {}, {}
+        self.engine, self.shapes, self.addresses, self.profile = engine, {}, {}, 0
+
+    def set_optimization_profile_async(self, index, stream):
+        if not 0 <= index < len(self.engine.profiles):
+            return False
+        self.profile, self.shapes = index, {}
+        return True
 
     def set_input_shape(self, name, shape):
-        limits = self.engine.profile[name]
+        limits = self.engine.profiles[self.profile][name]
         shape = tuple(int(size) for size in shape)
         if len(shape) != len(limits["min"]) or any(not lo <= s <= hi for s, lo, hi in
                                                    zip(shape, limits["min"], limits["max"])):
@@ -58,6 +66,7 @@ class FakeContext:
             raise FakeCudaError(f"execute_async_v3 with unbound tensors {missing} or unset shapes")
         shapes = dict(self.shapes)
         addresses = dict(self.addresses)
+        engine.trt.executions.append(self.profile)
 
         def run():
             feeds = {}
@@ -77,7 +86,8 @@ class FakeEngine:
         size = int.from_bytes(data[:4], "little")
         header = json.loads(data[4:4 + size])
         self.session = onnxruntime.InferenceSession(data[4 + size:], providers=["CPUExecutionProvider"])
-        self.trt, self.cudart, self.profile = trt, cudart, header["profile"]
+        self.trt, self.cudart, self.profiles = trt, cudart, header["profiles"]
+        self.num_optimization_profiles = len(self.profiles)
         self.onnx_types = {v.name: v.type for v in (*self.session.get_inputs(), *self.session.get_outputs())}
         self.inputs = [v.name for v in self.session.get_inputs()]
         self.names = self.inputs + [v.name for v in self.session.get_outputs()]
@@ -107,6 +117,7 @@ def fake_tensorrt(cudart: FakeCudart, version: str = "10.3.0", name: str = "tens
     trt.DataType = enum.Enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5,
                                           "INT64": 8})
     trt.deserialized = []
+    trt.executions = []  # the optimisation profile of every execute_async_v3
 
     class Logger:
         WARNING = 2
@@ -134,11 +145,12 @@ NORMALIZATIONS = {"InstanceNormalization", "LayerNormalization", "GroupNormaliza
 
 
 def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse_ok: bool = True,
-                          cache_ok: bool = True) -> ModuleType:
+                          cache_ok: bool = True, extra_layers=()) -> ModuleType:
     """``fake_tensorrt`` plus the builder API. Enum values are TensorRT's own: TensorRT 10 has
     ``STRONGLY_TYPED = 1`` (beside ``EXPLICIT_BATCH = 0``) and the weak-typing flags; TensorRT 11 keeps only
     ``STRONGLY_TYPED = 0`` (deprecated: every network is strongly typed) and drops ``FP16`` and
-    ``OBEY_PRECISION_CONSTRAINTS``. A build returns a fake engine of the parsed ONNX file with the profile."""
+    ``OBEY_PRECISION_CONSTRAINTS``. Layers are the ONNX nodes, by name, plus ``extra_layers`` (names of
+    layers the parser adds). A build returns a fake engine of the parsed ONNX file with its profiles."""
     import onnx
 
     trt = fake_tensorrt(cudart, version)
@@ -151,7 +163,7 @@ def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     trt.LayerType = enum.Enum("LayerType", ["NORMALIZATION", "OTHER"])
     trt.float32, trt.float16 = trt.DataType.FLOAT, trt.DataType.HALF
-    log = trt.log = {"set": set(), "cleared": set(), "profiles": None, "cache_in": None}
+    log = trt.log = {"set": set(), "cleared": set(), "profiles": [], "cache_in": None}
 
     class Layer:
         def __init__(self, node):
@@ -183,7 +195,9 @@ def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse
 
         def parse_from_file(self, path):
             self.network.path = path
-            self.network.layers = [Layer(node) for node in onnx.load(path).graph.node]
+            nodes = list(onnx.load(path).graph.node) + [onnx.helper.make_node("Identity", [], [""], name=name)
+                                                        for name in extra_layers]
+            self.network.layers = [Layer(node) for node in nodes]
             return parse_ok
 
         def get_error(self, index):
@@ -207,7 +221,7 @@ def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse
             log["workspace"] = size
 
         def add_optimization_profile(self, profile):
-            log["profiles"] = profile.shapes
+            log["profiles"].append(profile.shapes)
 
         def create_timing_cache(self, data):
             log["cache_in"] = bytes(data)
@@ -229,7 +243,7 @@ def fake_tensorrt_builder(cudart: FakeCudart, version: str = "10.13.0", *, parse
 
     class Builder:
         def __init__(self, logger):
-            pass
+            log["profiles"] = []
 
         create_network = staticmethod(lambda flags: Network(flags))
         create_builder_config = staticmethod(Config)

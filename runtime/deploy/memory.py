@@ -1,4 +1,6 @@
-"""Peak memory of a benchmark worker: resident set size, and device memory sampled with NVML."""
+"""Peak memory of a process: resident set size, and device memory sampled with NVML (``nvidia-ml-py``, optional).
+
+Used by ``meltok-rt bench`` and by ``benchmarks.speed``'s workers."""
 from __future__ import annotations
 
 import os
@@ -6,6 +8,7 @@ import resource
 import sys
 import threading
 from pathlib import Path
+
 
 def _proc_status_mb(field: str) -> float | None:
     try:
