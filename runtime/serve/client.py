@@ -69,14 +69,20 @@ def _stream_error(closed: ConnectionClosed, last_text: str | None) -> ServeError
     return ServeError(f"stream closed ({code}): {message}", code)
 
 
-class Client:
-    """Blocking client of one server at ``url`` (``http://host:port``); ``token``: its bearer token."""
+class _Connection:
+    """The server's address, the bearer-token header and the HTTP client of ``http_class``."""
+
+    http_class = httpx.Client
 
     def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
+        self.http = self.http_class(base_url=self.url, headers=self.headers, timeout=timeout)
         self._info: dict | None = None
+
+
+class Client(_Connection):
+    """Blocking client of one server at ``url`` (``http://host:port``); ``token``: its bearer token."""
 
     def health(self) -> dict:
         """``GET /health`` (ready, model id, backend, bundle hash, rate, token layout), whatever the status."""
@@ -175,14 +181,10 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Connection):
     """The asyncio mirror of ``Client``: ``await client.encode(...)`` and so on."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
-        self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
-        self._info: dict | None = None
+    http_class = httpx.AsyncClient
 
     async def health(self) -> dict:
         return (await self.http.get("/health")).json()
