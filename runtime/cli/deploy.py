@@ -34,7 +34,7 @@ backend_option = click.option("--backend", type=click.Choice(BACKEND_CHOICES), d
               help="Engines that also run on later TensorRT releases of this major and on the lean runtime.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
-@click.option("--force", is_flag=True, help="Replace the bundle's engines.")
+@click.option("-y", "--force", is_flag=True, help="Replace the bundle's engines.")
 @user_errors
 def engines(bundle, precision, max_seconds, opt_seconds, max_batch, stream_profile, version_compatible,
             timing_cache, force):

@@ -47,19 +47,23 @@ def encode_audio(codec: CodecPipeline, samples, rate: int, output, *, name: str,
                  progress: Progress | None = None) -> TokenFile:
     """Encode float32 audio ``[C, N]`` at ``rate`` (read from ``name``) into the token file ``output``
     (already checked), recording the rate, length and channels it had; returns what was written."""
-    if samples.shape[0] > 1:
-        log.warning("mixing the %d channels of %s down to mono", samples.shape[0], name)
-    if rate != codec.sample_rate:
-        log.warning("resampling %s from %d Hz to %d Hz", name, rate, codec.sample_rate)
-    written = token_file_of(codec, samples, rate, progress=progress)
+    written = token_file_of(codec, samples, rate, progress=progress, name=name)
     write_token_file(output, written)
     return written
 
 
-def token_file_of(codec: CodecPipeline, samples, rate: int, *, progress: Progress | None = None) -> TokenFile:
+def token_file_of(codec: CodecPipeline, samples, rate: int, *, progress: Progress | None = None,
+                  name: str | None = None) -> TokenFile:
     """The ``TokenFile`` of float32 audio ``[C, N]`` at ``rate``: tokens of the prepared audio and the
-    rate, length and channels the audio had (what ``meltok-rt encode`` and the server's encode write)."""
+    rate, length and channels the audio had (what ``meltok-rt encode`` and the server's encode write).
+    With ``name`` (where the audio came from), a mixdown and a resampling are logged once the audio
+    passed its checks."""
     batch = codec.prepare(samples[None], rate)
+    if name is not None:
+        if samples.shape[0] > 1:
+            log.warning("mixing the %d channels of %s down to mono", samples.shape[0], name)
+        if rate != codec.sample_rate:
+            log.warning("resampling %s from %d Hz to %d Hz", name, rate, codec.sample_rate)
     tokens = codec.encode_prepared(batch, progress=progress)
     return TokenFile(tokens=tokens, sample_rate=codec.sample_rate, num_samples=[batch.shape[-1]],
                      model_id=codec.model_id, codebook_size=codec.codebook_size, version=FORMAT_VERSION,

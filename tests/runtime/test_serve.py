@@ -304,9 +304,13 @@ def test_a_burst_of_fuzzed_bodies_and_frames_leaves_the_server_serving(url, code
     ws_url = f"{url.replace('http', 'ws')}/v1/stream/decode"
     for _ in range(8):
         with connect(ws_url, max_size=None) as ws:
-            ws.send(rng.choice(["{}", '{"format": "f32le"}', "not json", "[1, 2]"]))
-            ws.send(rng.bytes(int(rng.integers(1, 100))))
-            ws.send(json.dumps({"flush": True}))
+            messages = [rng.choice(["{}", '{"format": "f32le"}', "not json", "[1, 2]"]),
+                        rng.bytes(int(rng.integers(1, 100))), json.dumps({"flush": True})]
+            try:
+                for message in messages:
+                    ws.send(message)
+            except ConnectionClosed:  # the server closed on a bad message before the client sent the rest
+                pass
             closed_with(ws)
     assert active_streams(url) == 0
     tokens = codec.encode(speech[:RATE])
