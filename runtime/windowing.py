@@ -77,11 +77,18 @@ class Window:
 @dataclass(frozen=True)
 class WindowGrid:
     """Windows of ``window`` columns starting at multiples of ``step``, each keeping ``step`` columns
-    after ``left`` columns of context (so ``right = window - step - left`` columns follow them)."""
+    after ``left`` columns of context (so ``right = window - step - left`` columns follow them).
+
+    ``clipped_start`` (streams): window ``k`` keeps columns ``[k step, (k + 1) step)`` and starts
+    ``left`` columns before them, clipped at column 0, so the first windows run as soon as their own
+    columns and lookahead are there (the first audio or tokens of a stream do not wait for a whole
+    window of context that does not exist); its last window is clipped at the end, never shifted.
+    Otherwise (offline) window 0 keeps from column 0 through ``left + step`` columns."""
 
     window: int
     step: int
     left: int
+    clipped_start: bool = False
 
     def __post_init__(self):
         if self.step < 1 or self.left < 0 or self.right < 0:
@@ -103,19 +110,29 @@ class WindowGrid:
 
     def at(self, k: int) -> Window:
         """Window ``k`` when it is not the last."""
+        if self.clipped_start:
+            keep = k * self.step
+            return Window(max(0, keep - self.left), keep + self.step + self.right, keep, keep + self.step)
         start = k * self.step
         return Window(start, start + self.window, start + self.left if k else 0, start + self.left + self.step)
 
     def last_index(self, columns: int) -> int:
         """Index of the last window of ``columns`` columns: the first that reaches the end."""
-        return max(0, -(-(columns - self.window) // self.step))
+        span = self.step + self.right if self.clipped_start else self.window
+        return max(0, -(-(columns - span) // self.step))
 
     def last(self, columns: int, shift: bool = True) -> Window:
         """The last window: keeps up to ``columns``; ``shift`` moves it left to span a whole window
         (more context, same kept columns), else it is clipped at the end."""
         k = self.last_index(columns)
+        if self.clipped_start:
+            return Window(self.at(k).start, columns, k * self.step, columns)
         start = max(0, columns - self.window) if shift else k * self.step
         return Window(start, columns, k * self.step + self.left if k else 0, columns)
+
+    def first_needed(self, k: int) -> int:
+        """The first column a window after window ``k`` can use (what input may be dropped)."""
+        return min(self.at(k).start + 1, self.at(k + 1).start)
 
     def plan(self, columns: int, shift: bool = True) -> list[Window]:
         """Every window of ``columns`` columns; their kept parts tile ``[0, columns)``."""
@@ -228,7 +245,7 @@ class WindowedEncoder(_Incremental):
                                  f"[B, R, {window.stop - window.start}]")
             parts.append(tokens[:, :, window.keep_start - window.start:window.keep_stop - window.start])
             self._next = k + 1
-            first = self.column * (window.start + 1)  # later windows (the last shifted one too) start after
+            first = self.column * self.grid.first_needed(k)  # later windows (the last shifted one too) start there
             self._audio = self._audio[:, max(0, first - self._first):]
             self._first = max(first, self._first)
             if progress is not None and final:
@@ -280,7 +297,7 @@ class WindowedDecoder(_Incremental):
             if self.stateful:
                 if self._state is None:
                     self._state = self._decode_fn.initial_state(piece.shape[0])
-                audio, state = self._decode_fn(piece, self._state, self.grid.step)
+                audio, state = self._decode_fn(piece, self._state, self.grid.at(k + 1).start - window.start)
             else:
                 audio, state = self._decode_fn(piece), None
             audio = np.asarray(audio)
@@ -298,7 +315,7 @@ class WindowedDecoder(_Incremental):
             parts.append(segment[:, :end - lo])
             self._tail = segment[:, end - lo:]
             self._next, self._state = k + 1, state
-            first = window.start + 1  # later windows (the last shifted one too) start after
+            first = self.grid.first_needed(k)  # later windows (the last shifted one too) start there
             self._tokens = self._tokens[:, :, max(0, first - self._first):]
             self._first = max(first, self._first)
             if progress is not None and final:

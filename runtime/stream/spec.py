@@ -78,7 +78,7 @@ class Stream:
         if left + step + right > self.spec.max_columns:
             raise SettingsError(f"context, step and lookahead need windows of {left + step + right} columns but this "
                                 f"codec takes at most {self.spec.max_columns} per call; choose shorter ones")
-        return WindowGrid(left + step + right, step, left)
+        return WindowGrid(left + step + right, step, left, clipped_start=True)
 
 
 def check_columns(tokens, spec: StreamSpec) -> np.ndarray:

@@ -16,7 +16,7 @@ from meltok_runtime.errors import (AudioInputError, CodeRangeError, ModelMismatc
                                    TokenInputError)
 from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.stream import StreamDecoder, StreamEncoder, StreamSpec
-from meltok_runtime.windowing import decode_windowed, encode_windowed
+from meltok_runtime.windowing import WindowedDecoder, WindowedEncoder, WindowGrid, decode_windowed, encode_windowed
 
 RATE, HOP, COMPRESSION, ROWS, CODES = 44100, 256, 8, 12, 8192
 COLUMN = HOP * COMPRESSION
@@ -122,23 +122,43 @@ def test_lookahead_and_context_decide_exactness_of_approximate_streams(audio):
 
 
 def test_offline_windows_are_the_stream_planner_given_everything_at_once(audio):
-    """A stream set to the offline layout (context on both sides, the rest kept, the context as fade)
-    gives exactly what offline windowing gives, whatever the pushes: one planner for both."""
+    """The planner streams run, on the offline layout (context on both sides, the rest kept, the context
+    as fade) and fed in random pieces, gives exactly what offline windowing gives: one planner for both."""
     window, context = 20, 2  # too little context for the fake: windows show
-    seconds = context * COLUMN / RATE
-    layout = dict(context_seconds=seconds, lookahead_seconds=seconds,
-                  step_seconds=(window - 2 * context) * COLUMN / RATE)
-    spec = fake_spec(False, max_columns=window)
     padded = np.pad(audio, (0, padded_length(len(audio), HOP, COMPRESSION) - len(audio)))
     offline = encode_windowed(padded[None], fake_encode, window_columns=window, context_columns=context, hop=HOP,
                               compression=COMPRESSION)[0]
     assert not np.array_equal(offline, offline_encode(audio))  # the windows show
-    streamed = run_encoder(StreamEncoder(fake_encode, spec, **layout), audio, _sizes("random", 4000))
-    np.testing.assert_array_equal(streamed, offline)
+    grid = WindowGrid.centred(window, context)
+    encoder, parts, start = WindowedEncoder(fake_encode, grid, HOP, COMPRESSION), [], 0
+    for size in _sizes("random", 4000):
+        parts.append(encoder.push(padded[None, start:start + size]))
+        start += size
+    parts.append(encoder.push(padded[None, start:], final=True))
+    np.testing.assert_array_equal(np.concatenate([p for p in parts if p.shape[-1]], axis=-1)[0], offline)
     offline_audio = decode_windowed(offline[None], fake_decode, window_columns=window, context_columns=context, hop=HOP,
                                     compression=COMPRESSION)[0]
-    decoder = StreamDecoder(fake_decode, spec, fade_seconds=seconds, **layout)
-    np.testing.assert_array_equal(run_decoder(decoder, offline, _sizes("random", 3))[0], offline_audio)
+    half = min(round(context * COLUMN / 2), context * COLUMN - HOP)  # as decode_windowed's default fade
+    decoder, pieces, start = WindowedDecoder(fake_decode, grid, HOP, COMPRESSION, half), [], 0
+    for size in _sizes("random", 3):
+        pieces.append(decoder.push(offline[None, :, start:start + size]))
+        start += size
+    pieces.append(decoder.push(offline[None, :, start:], final=True))
+    np.testing.assert_array_equal(np.concatenate(pieces, axis=-1)[0], offline_audio)
+
+
+def test_a_stream_gives_its_first_output_without_waiting_for_a_whole_context(audio):
+    """Stream windows are clipped at the start: the first tokens need the first step and the lookahead
+    (not a whole window of left context that does not exist), and so does the first audio."""
+    context, lookahead, step = 1.0, 0.2, 0.1
+    encoder = StreamEncoder(fake_encode, fake_spec(False), lookahead_seconds=lookahead, context_seconds=context,
+                            step_seconds=step)
+    needed = int((step + lookahead) * RATE) + 2 * COLUMN  # the first step, the lookahead, rounding to columns
+    assert encoder.push(audio[:needed]).shape[-1] > 0
+    decoder = StreamDecoder(fake_decode, fake_spec(False), lookahead_seconds=lookahead, context_seconds=context,
+                            step_seconds=step)
+    tokens = offline_encode(audio)
+    assert decoder.push(tokens[:, :int((step + lookahead) * RATE / COLUMN) + 2]).shape[-1] > 0
 
 
 class RunningPhase:
