@@ -167,3 +167,4 @@ def test_train_config_names_the_head():
     assert TrainConfig.from_json(config.to_json()) == config
     with pytest.raises(Exception, match="stage2.head"):
         TrainConfig().replace(**{"stage2.head": "nope"})
+
