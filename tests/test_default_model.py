@@ -54,3 +54,22 @@ def test_default_model_reconstructs_real_music(real_clips):
     assert mel_distance(audio, decoded) < MEL_DISTANCE_BOUND
     assert frame_rate_buzz(audio, decoded) < BUZZ_BOUND_DB
     assert np.isfinite(decoded).all()
+
+
+def test_the_tokens_tell_tones_three_percent_apart():
+    """Where pitch is lost (README, "The shipped default model"): the shipped model's tokens of steady tones 3%
+    apart differ, so the tokens carry what the vocoder loses: of the neighbouring pairs among 110, 300, 1000
+    and 4000 Hz times 0.94 .. 1.06, at most one has equal middle columns."""
+    from meltok_runtime import Codec
+
+    rate, seconds = 44100, 3.0
+    time = np.arange(int(seconds * rate)) / rate
+    equal = 0
+    with Codec.open(backend="ort-cpu") as codec:
+        for base in (110.0, 300.0, 1000.0, 4000.0):
+            columns = []
+            for ratio in (0.94, 0.97, 1.0, 1.03, 1.06):
+                tokens = codec.encode((0.5 * np.sin(2 * np.pi * base * ratio * time)).astype(np.float32), rate)[0]
+                columns.append(tokens[:, tokens.shape[1] // 2])
+            equal += sum(np.array_equal(a, b) for a, b in zip(columns, columns[1:]))
+    assert equal <= 1
