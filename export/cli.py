@@ -14,8 +14,8 @@ import logging
 
 import click
 
-from meltok_runtime.cli.shared import (CommandGroup, require_packages, setup_logging, user_errors, verbose_option,
-                                        version_option)
+from meltok_runtime.cli.shared import (CommandGroup, engine_build_options, require_packages, setup_logging,
+                                        user_errors, verbose_option, version_option)
 
 log = logging.getLogger("meltok_export")
 
@@ -66,19 +66,7 @@ def _load_model(path):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head); int8: the trunk "
                    "quantized for ONNX Runtime on the CPU (calibrated on real audio), the same float32 islands.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Longest input per call the engines accept [default: one runtime window, about 12 s].")
-@click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Input length the engines are tuned for [default: one runtime window].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Largest batch the engines accept.")
-@click.option("--version-compatible", is_flag=True,
-              help="TensorRT engines that also run on later TensorRT 10.x/11.x releases and on the lean runtime "
-                   "(`pip install -e '.[trt]'`), at some speed cost.")
-@click.option("--stream-profile", is_flag=True,
-              help="TensorRT engines with a second optimisation profile tuned for stream-sized calls (about 1 s).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
+@engine_build_options
 @click.option("-y", "--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from meltok_runtime.backends import BACKEND_CHOICES
-from meltok_runtime.cli.shared import user_errors
+from meltok_runtime.cli.shared import engine_build_options, user_errors
 
 bundle_option = click.option("-b", "--bundle", type=click.Path(file_okay=False), default=None,
                              help="Bundle folder; default: the bundle shipped with meltok_runtime.")
@@ -24,16 +24,7 @@ backend_option = click.option("--backend", type=click.Choice(BACKEND_CHOICES), d
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
               help="Engine precision [default: the bundle's graphs']. fp16 from an fp32 bundle: TensorRT 10 only, "
                    "with its float32 layers pinned.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Longest input per call [default: one runtime window, about 12 s].")
-@click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Input length the engines are tuned for [default: one runtime window].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--stream-profile", is_flag=True, help="Add an optimisation profile tuned for stream-sized calls.")
-@click.option("--version-compatible", is_flag=True,
-              help="Engines that also run on later TensorRT releases of this major and on the lean runtime.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="Timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache].")
+@engine_build_options
 @click.option("-y", "--force", is_flag=True, help="Replace the bundle's engines.")
 @user_errors
 def engines(bundle, precision, max_seconds, opt_seconds, max_batch, stream_profile, version_compatible,

@@ -178,6 +178,24 @@ def _options(*options):
     return apply
 
 
+
+# ----------------------------------------------------------------------------- TensorRT engines
+# The build settings of `meltok-export --engine trt` and `meltok-rt engines` (one builder, one vocabulary).
+engine_build_options = _options(
+    click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Longest input per call the engines accept [default: one runtime window, about 12 s]."),
+    click.option("--opt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Input length the engines are tuned for [default: one runtime window]."),
+    click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Largest batch the engines accept."),
+    click.option("--version-compatible", is_flag=True,
+                 help="TensorRT engines that also run on later TensorRT 10.x/11.x releases and on the lean runtime "
+                      "(`pip install -e '.[trt]'`), at some speed cost."),
+    click.option("--stream-profile", is_flag=True,
+                 help="A second optimisation profile tuned for stream-sized calls (about 1 s)."),
+    click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+                 help="TensorRT timing cache to read and update [default: ~/.cache/meltok/tensorrt-timing.cache]."))
+
 _lookahead_option = click.option(
     "--lookahead", type=click.FloatRange(min=0), default=None,
     help=f"Streaming lookahead in seconds (default {DEFAULT_LOOKAHEAD_SECONDS}; time-local models get at least what "

@@ -124,26 +124,10 @@ class Client(_Connection):
         """Tokens int ``[rows, T']`` through ``/v1/stream/decode``: float32 audio ``[(8T' - 1) * hop]``.
         ``chunks``, if given, receives each binary answer (bytes) as it arrives."""
         tokens = np.asarray(tokens)
-        with connect(_ws_url(self.url, "/v1/stream/decode"), additional_headers=self.headers,
-                     max_size=None) as ws:
-            parts, text = [], None
-            try:
-                ws.send(json.dumps({"lookahead_seconds": lookahead_seconds, "format": fmt}))
-                for start in range(0, tokens.shape[-1], columns_per_message):
-                    ws.send(token_frame(tokens[:, start:start + columns_per_message]))
-                ws.send(json.dumps({"flush": True}))
-                while True:
-                    message = ws.recv()
-                    if isinstance(message, str):
-                        text = message
-                        if json.loads(message).get("done"):
-                            break
-                        continue
-                    parts.append(message)
-                    if chunks is not None:
-                        chunks.append(message)
-            except ConnectionClosed as closed:
-                raise _stream_error(closed, text) from None
+        frames = (token_frame(tokens[:, start:start + columns_per_message])
+                  for start in range(0, tokens.shape[-1], columns_per_message))
+        parts = self._stream("/v1/stream/decode", {"lookahead_seconds": lookahead_seconds, "format": fmt}, frames,
+                             None if chunks is None else chunks.append)
         return _pcm_array(b"".join(parts), fmt)
 
     def stream_encode(self, audio, *, lookahead_seconds: float = 0.2, samples_per_message: int = SAMPLES_PER_MESSAGE
@@ -151,25 +135,35 @@ class Client(_Connection):
         """Mono float audio ``[N]`` at the model's rate through ``/v1/stream/encode``: int64 tokens ``[rows, T']``."""
         audio = np.asarray(audio, dtype="<f4")
         rows = self.info["token_layout"]["rows"]
-        with connect(_ws_url(self.url, "/v1/stream/encode"), additional_headers=self.headers, max_size=None) as ws:
+        options = {"lookahead_seconds": lookahead_seconds, "format": "f32le", "sample_rate": self.info["sample_rate"]}
+        frames = (audio[start:start + samples_per_message].tobytes()
+                  for start in range(0, len(audio), samples_per_message))
+        parts = [parse_token_frame(message, rows) for message in self._stream("/v1/stream/encode", options, frames)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((rows, 0), np.int64)
+
+    def _stream(self, path: str, options: dict, frames, on_answer=None) -> list[bytes]:
+        """One stream over the WebSocket at ``path``: the options, the binary ``frames``, the flush; returns
+        the server's binary answers in order, once it said done (its error message as a ``ServeError``);
+        ``on_answer(bytes)`` is called with each as it arrives."""
+        with connect(_ws_url(self.url, path), additional_headers=self.headers, max_size=None) as ws:
             parts, text = [], None
             try:
-                ws.send(json.dumps({"lookahead_seconds": lookahead_seconds, "format": "f32le",
-                                    "sample_rate": self.info["sample_rate"]}))
-                for start in range(0, len(audio), samples_per_message):
-                    ws.send(audio[start:start + samples_per_message].tobytes())
+                ws.send(json.dumps(options))
+                for frame in frames:
+                    ws.send(frame)
                 ws.send(json.dumps({"flush": True}))
                 while True:
                     message = ws.recv()
                     if isinstance(message, str):
                         text = message
                         if json.loads(message).get("done"):
-                            break
+                            return parts
                         continue
-                    parts.append(parse_token_frame(message, rows))
+                    parts.append(message)
+                    if on_answer is not None:
+                        on_answer(message)
             except ConnectionClosed as closed:
                 raise _stream_error(closed, text) from None
-        return np.concatenate(parts, axis=1) if parts else np.zeros((rows, 0), np.int64)
 
     def close(self) -> None:
         self.http.close()
