@@ -24,6 +24,7 @@ from ..errors import TrainConfigError
 TRAIN_CONFIG_VERSION = 1
 STAGES = ("stage1", "stage2")
 PERCEPTUAL_CHOICES = ("auto", "vgg19", "mel-gradient", "none")
+STAGE1_PARTS = ("tokenizer", "decoder")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -60,6 +61,7 @@ class Stage1Config:
     perceptual_weight: float = 0.5
     revive_every: int = 1000
     revive_noise: float = 0.01
+    train: str = "tokenizer"
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -73,6 +75,8 @@ class Stage1Config:
                "stage1 loss weights must be >= 0")
         _check(self.perceptual in PERCEPTUAL_CHOICES,
                f"stage1.perceptual must be one of {list(PERCEPTUAL_CHOICES)}, got {self.perceptual!r}")
+        _check(self.train in STAGE1_PARTS,
+               f"stage1.train must be one of {list(STAGE1_PARTS)}, got {self.train!r}")
         _check(self.revive_every >= 0, f"stage1.revive_every must be >= 0 (0 = off), got {self.revive_every}")
         _check(self.revive_noise >= 0, f"stage1.revive_noise must be >= 0, got {self.revive_noise}")
 

@@ -1,5 +1,6 @@
 """Stage 1: train the 2D tokenizer (encoder, quant_conv, VQ codebook, post_quant_conv, decoder)
-to reconstruct log-mel images, with dead-code revival.
+to reconstruct log-mel images, with dead-code revival; or, with ``stage1.train = "decoder"``,
+only post_quant_conv and decoder on the frozen tokens.
 
 Loss (DESIGN.md section 3): ``mel_weight * L1(recon, logmel / 5) + vq_weight * vq_loss +
 perceptual_weight * perceptual(recon, logmel / 5)``, where ``recon`` is the decoder output in
@@ -30,19 +31,21 @@ class TokenizerNet(nn.Module):
     ``quant_conv`` and the VQ run in float32 even under autocast.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, frozen_encoder: bool = False):
         super().__init__()
         self.model = model
+        self.frozen_encoder = frozen_encoder
 
     def forward(self, audio: torch.Tensor):
         model = self.model
         scale = model.config.frontend.mel_scale
         with float32_region(audio):
             target = model.log_mel(audio.float()) / scale
-        hidden = model.encoder(target[:, None])
-        with float32_region(audio):
-            latents = model.quant_conv(hidden.float())
-            codes, vq_loss, tokens = model.quantizer(latents)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            hidden = model.encoder(target[:, None])
+            with float32_region(audio):
+                latents = model.quant_conv(hidden.float())
+                codes, vq_loss, tokens = model.quantizer(latents)
         recon = model.decoder(model.post_quant_conv(codes))[:, 0]
         return recon, target[..., :recon.shape[-1]], vq_loss, tokens, latents
 
@@ -53,17 +56,19 @@ class Stage1(Stage):
     def __init__(self, model, config, device, monitor: CodebookMonitor, *, vgg_weights=None):
         super().__init__(model, config, device, monitor)
         cfg = config.stage1
-        for module in (model.backbone, model.head):  # not part of stage 1
+        self.frozen = (model.backbone, model.head)  # not part of stage 1
+        if cfg.train == "decoder":
+            self.frozen += (model.encoder, model.quant_conv, model.quantizer)
+        for module in self.frozen:
             module.requires_grad_(False)
-        self.net = distributed.wrap(TokenizerNet(model).to(device), device)
+        self.net = distributed.wrap(TokenizerNet(model, frozen_encoder=cfg.train == "decoder").to(device), device)
         self.perceptual, resolved = build_perceptual(cfg.perceptual, vgg_weights or config.vgg_weights)
         if self.perceptual is not None:
             self.perceptual.to(device)
         self.resolved = {"stage1.perceptual": resolved}
         self._check_revival_horizon()
         log.info("stage 1: perceptual loss %s (weight %g)", resolved, cfg.perceptual_weight)
-        trained = [p for name, p in model.named_parameters()
-                   if not name.startswith(("backbone.", "head.")) and p.requires_grad]
+        trained = [p for p in model.parameters() if p.requires_grad]
         self.optimizers["tokenizer"] = adamw(trained, cfg.lr, cfg.betas, cfg.weight_decay)
         self.schedulers["tokenizer"] = step_decay_schedule(self.optimizers["tokenizer"], cfg.lr_decay,
                                                            cfg.steps_per_epoch)
@@ -71,7 +76,7 @@ class Stage1(Stage):
     def _check_revival_horizon(self) -> None:
         """Warn when a revival interval holds too few tokens to tell dead codes from rare ones."""
         cfg, model = self.config.stage1, self.model
-        if not cfg.revive_every:
+        if not self._revives():
             return
         columns = (self.config.crop_samples // model.hop_length + 1) // model.config.tokenizer.compression
         per_step = self.config.batch_size * distributed.info().world_size * model.token_rows * max(columns, 1)
@@ -83,10 +88,14 @@ class Stage1(Stage):
                         "use revive_every >= %d", cfg.revive_every, per_step, model.codebook_size, expected,
                         needed)
 
+    def _revives(self) -> bool:
+        """Whether dead codes are revived: never while the codebook is frozen."""
+        return bool(self.config.stage1.revive_every) and self.config.stage1.train == "tokenizer"
+
     def train_mode(self) -> None:
         self.model.train()
-        self.model.backbone.eval()
-        self.model.head.eval()
+        for module in self.frozen:
+            module.eval()
 
     def epoch(self, step: int) -> int:
         return step // self.config.stage1.steps_per_epoch
@@ -113,7 +122,7 @@ class Stage1(Stage):
         scalars = {f"train/{name}": value.detach() for name, value in losses.items()}
         scalars["train/mel_l1"] = scalars.pop("train/mel") * self.model.config.frontend.mel_scale
         revive_every = self.config.stage1.revive_every
-        if revive_every and step % revive_every == 0:
+        if self._revives() and step % revive_every == 0:
             scalars["codebook/revived"] = torch.tensor(float(self._revive(step, latents)))
         return scalars
 

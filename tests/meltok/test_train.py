@@ -125,6 +125,27 @@ def test_stage1_overfits_one_batch(fixed_batch):
     assert float(scalars["val/mel_l1"]) == pytest.approx(np.mean(bands), rel=1e-4)  # 96 rows in equal thirds
 
 
+def test_stage1_decoder_only_keeps_every_token_and_learns_the_mel(fixed_batch):
+    """``stage1.train=decoder``: encoder, quant_conv and codebook unchanged (so every token is), the
+    decoder's mel error falls, and revival never runs even when due."""
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny")
+    tokens_before = model.tokenize(fixed_batch).clone()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoder.", "quant_conv.", "quantizer."))}
+    decoder_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("decoder.")}
+    config = tiny_config(**{"stage1.train": "decoder", "stage1.revive_every": 1})
+    stage = Stage1(model, config, torch.device("cpu"), CodebookMonitor(1024, 100))
+    history = overfit(stage, fixed_batch)
+    assert history[-1]["train/mel_l1"] < 0.6 * history[0]["train/mel_l1"]
+    assert "codebook/revived" not in history[-1]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[k], v) for k, v in decoder_before.items())
+    assert torch.equal(model.eval().tokenize(fixed_batch), tokens_before)
+    with pytest.raises(TrainConfigError, match="stage1.train must be one of"):
+        tiny_config(**{"stage1.train": "encoder"})
+
+
 @pytest.mark.parametrize("gan", [True, False])
 def test_stage2_overfits_one_batch_and_freezes_the_tokenizer(fixed_batch, gan):
     torch.manual_seed(0)
