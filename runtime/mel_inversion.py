@@ -7,11 +7,15 @@ Frame grid: the front end's (``n_fft``, ``hop``, ``center=True``, periodic Hann)
 
 Phase. A stationary sinusoid at ``omega`` rad/sample analysed in a centred frame has, in every bin
 ``k`` of its main lobe, the phase ``Phi_t - pi k``, where ``Phi_t`` (its phase at frame ``t``'s
-centre) advances by ``omega * hop`` per frame. Each frame's log-magnitude peaks give ``omega`` by
-quadratic interpolation; every bin takes the frequency of its nearest peak, and its running phase
-``Phi`` is the float64 sum of those advances over frames (wrapped to ``[-pi, pi)``); bins are locked
-to their peak's running phase. The running phase at a frame is the state that windows and streams
-carry (``PhaseState``): decoding in pieces equals decoding at once.
+centre) advances by ``omega * hop`` per frame. Peaks are the local maxima of each frame's NNLS
+magnitude; a peak's ``omega`` is the frequency whose Hann main lobe, seen through the filterbank, fits
+the mel bands around it best (finer than a bin where mel bands are wider than bins, above about
+700 Hz). Every bin takes the frequency of its nearest peak, its running phase ``Phi`` is the float64
+sum of those advances over frames (wrapped to ``[-pi, pi)``), and bins are locked to their peak's
+running phase. Everything but the running phase is frame-local, so the running phase before a frame
+is the whole state that windows and streams carry: decoding in pieces gives the running phase of one
+call. Steady tones keep their pitch and level; partials closer than a main lobe (about 170 Hz: a
+triad below 500 Hz) share one frequency and are not kept.
 """
 from __future__ import annotations
 
@@ -19,8 +23,12 @@ import numpy as np
 
 from .melfilters import hann_window, mel_filterbank
 
-NNLS_ITERATIONS = 64
+NNLS_ITERATIONS = 32
 PEAK_FLOOR_DB = 80.0  # peaks further below the frame's largest are noise: their bins follow the nearest real peak
+FINE = 64  # the lobe table's steps per bin
+OFFSETS = np.linspace(-1.0, 1.0, 2 * FINE + 1)  # candidate peak offsets from a peak's bin, in bins
+LOBE_BINS = 4  # main lobe (2 bins each side) and the first side lobes
+SUPPORT_BANDS = 16  # mel bands compared when fitting a peak's frequency
 _EPS = 1e-12
 
 
@@ -35,30 +43,72 @@ class MelInverter:
         self.filters = mel_filterbank(self.bins, n_mels, sample_rate, f_min, f_max).T.astype(np.float64)  # [M, F]
         self.nnls_iterations = nnls_iterations
         self._pinv = np.linalg.pinv(self.filters)  # [F, M]
-        self._gram = self.filters.T @ self.filters  # [F, F]
         self.window = hann_window(n_fft).astype(np.float64)
+        self._first_band, self._responses = self._tone_responses()
         self._lock_offset = -np.pi * np.arange(self.bins)  # a centred frame's phase across a main lobe
 
     # ------------------------------------------------------------ magnitude
-    def magnitude(self, log_mel: np.ndarray) -> np.ndarray:
-        """``[B, M, T]`` natural-log mel -> linear magnitude ``[B, F, T]`` (NNLS, multiplicative updates
-        from the clipped pseudo-inverse)."""
+    def linear_mel(self, log_mel: np.ndarray) -> np.ndarray:
+        """``[B, M, T]`` natural-log mel -> linear mel, 0 at the floor (the floor is silence, not signal)."""
         mel = np.exp(np.asarray(log_mel, dtype=np.float64))
-        mel = np.where(mel <= self.log_floor * 1.0001, 0.0, mel)  # the floor is silence, not signal
-        target = np.einsum("fm,bmt->bft", self.filters.T, mel)
-        magnitude = np.maximum(np.einsum("fm,bmt->bft", self._pinv, mel), 1e-3 * _EPS + mel.max() * 1e-6)
+        return np.where(mel <= self.log_floor * 1.0001, 0.0, mel)
+
+    def magnitude(self, mel: np.ndarray) -> np.ndarray:
+        """Linear mel ``[B, M, T]`` -> linear magnitude ``[B, F, T]`` (NNLS, multiplicative updates from
+        the clipped pseudo-inverse)."""
+        target = np.matmul(self.filters.T, mel)
+        magnitude = np.maximum(np.matmul(self._pinv, mel), mel.max(axis=1, keepdims=True) * 1e-6 + _EPS)  # per frame
         for _ in range(self.nnls_iterations):
-            magnitude *= target / (np.einsum("fg,bgt->bft", self._gram, magnitude) + _EPS)
+            magnitude *= target / (np.matmul(self.filters.T, np.matmul(self.filters, magnitude)) + _EPS)
         return magnitude
 
+    # ------------------------------------------------------------ peak frequencies
+    def _tone_responses(self) -> tuple[np.ndarray, np.ndarray]:
+        """For a sinusoid at bin ``p + OFFSETS[i]``: the mel bands it excites, ``[F]`` first band and
+        ``[F, len(OFFSETS), SUPPORT_BANDS]`` responses (its Hann main lobe and first side lobes through the
+        filterbank), each of unit norm."""
+        fine = np.abs(np.fft.rfft(self.window, n=self.n_fft * FINE))  # |W| at 1/FINE-bin steps
+        lobe_bins = np.arange(-LOBE_BINS, LOBE_BINS + 1)
+        first = np.zeros(self.bins, dtype=np.int64)
+        responses = np.zeros((self.bins, OFFSETS.size, SUPPORT_BANDS))
+        bands = self.filters.shape[0]
+        for p in range(self.bins):
+            columns = p + lobe_bins
+            valid = (columns >= 0) & (columns < self.bins)
+            distance = np.abs(columns[None, valid] - p - OFFSETS[:, None])  # [offsets, lobe bins] in bins
+            lobe = fine[np.minimum(np.rint(distance * FINE).astype(np.int64), fine.size - 1)]
+            response = lobe @ self.filters[:, columns[valid]].T  # [offsets, M]
+            touched = np.nonzero(response.max(axis=0) > 1e-3 * response.max())[0]
+            first[p] = min(touched[0], bands - SUPPORT_BANDS)
+            part = response[:, first[p]:first[p] + SUPPORT_BANDS]
+            responses[p] = part / np.linalg.norm(part, axis=1, keepdims=True)
+        return first, responses
+
+    def _fit_offsets(self, mel: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+        """Each peak's frequency offset from its bin, in bins, from the linear mel ``[B, M, T]``: the
+        offset whose tone response fits the ``SUPPORT_BANDS`` bands around the peak best (least squares
+        with a free amplitude: the largest correlation with the unit-norm response).
+        ``peaks``: bool ``[B, F, T]`` -> ``[B, F, T]`` offsets (0 off the peaks)."""
+        offsets = np.zeros(peaks.shape)
+        b, p, t = np.nonzero(peaks)
+        order = np.argsort(p, kind="stable")
+        b, p, t = b[order], p[order], t[order]
+        bins, starts = np.unique(p, return_index=True)
+        for peak_bin, start, stop in zip(bins, starts, [*starts[1:], p.size]):
+            bands = self._first_band[peak_bin] + np.arange(SUPPORT_BANDS)
+            observed = mel[b[start:stop, None], bands[None, :], t[start:stop, None]]  # [n, S]
+            score = observed @ self._responses[peak_bin].T  # [n, O]: least squares in the S bands
+            offsets[b[start:stop], peak_bin, t[start:stop]] = OFFSETS[np.argmax(score, axis=1)]
+        return offsets
+
     # ------------------------------------------------------------ phase
-    def frame_advance(self, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per frame and bin, the phase advance over one hop of its nearest peak, and that peak's bin:
-        ``[B, F, T]`` float64 and int."""
+    def frame_advance(self, magnitude: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Magnitude ``[B, F, T]`` and linear mel ``[B, M, T]`` -> per frame and bin, the phase advance over
+        one hop of its nearest peak, and that peak's bin: ``[B, F, T]`` float64 and int."""
         log_mag = np.log(magnitude + _EPS)
-        left, centre, right = log_mag[:, :-2], log_mag[:, 1:-1], log_mag[:, 2:]
+        centre = log_mag[:, 1:-1]
         floor = log_mag.max(axis=1, keepdims=True) - PEAK_FLOOR_DB / 20 * np.log(10)
-        inner = (centre > left) & (centre >= right) & (centre > floor)
+        inner = (centre > log_mag[:, :-2]) & (centre >= log_mag[:, 2:]) & (centre > floor)
         peaks = np.zeros(log_mag.shape, dtype=bool)
         peaks[:, 1:-1] = inner
         index = np.arange(self.bins)[None, :, None]
@@ -67,16 +117,14 @@ class MelInverter:
         use_above = (above < self.bins) & ((below < 0) | (above - index < index - below))
         nearest = np.where(use_above, above, below)
         nearest = np.where(nearest < 0, index, nearest)  # a frame without peaks: bin centres
-        curvature = left - 2 * centre + right
-        offset = np.zeros(log_mag.shape)
-        offset[:, 1:-1] = np.where(inner, 0.5 * (left - right) / np.where(inner, curvature, -1.0), 0.0)
-        frequency = (nearest + np.take_along_axis(offset, nearest, axis=1)) / self.n_fft  # cycles per sample
+        frequency = (nearest + np.take_along_axis(self._fit_offsets(mel, peaks), nearest, axis=1)) / self.n_fft  # cycles per sample
         return 2 * np.pi * frequency * self.hop, nearest
 
-    def phase(self, magnitude: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Magnitude ``[B, F, T]`` and the running phase before frame 0 ``[B, F]`` (zeros if None) ->
-        (phase ``[B, F, T]``, the running phase at every frame ``[B, F, T]``)."""
-        advance, nearest = self.frame_advance(magnitude)
+    def phase(self, magnitude: np.ndarray, mel: np.ndarray,
+              state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Magnitude ``[B, F, T]``, linear mel ``[B, M, T]`` and the running phase before frame 0 ``[B, F]``
+        (zeros if None) -> (phase ``[B, F, T]``, the running phase at every frame ``[B, F, T]``)."""
+        advance, nearest = self.frame_advance(magnitude, mel)
         start = np.zeros(advance.shape[:2]) if state is None else np.asarray(state, dtype=np.float64)
         running = _wrap(start[..., None] + np.cumsum(advance, axis=2))
         locked = np.take_along_axis(running, nearest, axis=1) + self._lock_offset[None, :, None]
@@ -97,9 +145,12 @@ class MelInverter:
         return (audio / np.maximum(norm, 1e-11)).astype(np.float32)
 
     def __call__(self, log_mel: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``log-mel [B, M, T]`` -> (audio ``[B, (T - 1) * hop]``, running phase at every frame ``[B, F, T]``)."""
-        magnitude = self.magnitude(log_mel)
-        phase, running = self.phase(magnitude, state)
+        """``log-mel [B, M, T]`` and the running phase before frame 0 ``[B, F]`` (None: zeros, a stream's start)
+        -> (audio ``[B, (T - 1) * hop]``, the running phase after every frame ``[B, F, T]``; to continue at frame
+        ``s``, pass ``running[..., s - 1]``)."""
+        mel = self.linear_mel(log_mel)
+        magnitude = self.magnitude(mel)
+        phase, running = self.phase(magnitude, mel, state)
         return self.istft(magnitude, phase), running
 
 
