@@ -179,6 +179,9 @@ class TrainConfig:
     ``val_crops``: fixed crops of the valid split used by every validation.
     ``prefetch``: batches read ahead by a background thread (0 = read in the training loop).
     ``init``: stage-1 run folder or model file that stage 2 (or a continued stage 1) starts from.
+    ``tonal_fraction``: share of training crops replaced by synthetic tonal signals (harmonic and pure
+    tones, some gliding, over a low noise floor: ``meltok.train.tonal``); 0 = the corpus only. Validation
+    crops are always the corpus's.
     """
 
     stage: str = "stage1"
@@ -199,6 +202,7 @@ class TrainConfig:
     prefetch: int = 2
     vgg_weights: str | None = None
     init: str | None = None
+    tonal_fraction: float = 0.0
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
 
@@ -210,6 +214,7 @@ class TrainConfig:
         _check(self.crop_samples >= 4096,
                f"crop_samples must be >= 4096 (24320 = 96 frames is the reference), got {self.crop_samples}")
         _check(self.max_minutes >= 0, f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        _check(0 <= self.tonal_fraction <= 1, f"tonal_fraction must lie in [0, 1], got {self.tonal_fraction}")
         for name in ("log_every", "val_every", "checkpoint_every", "keep_checkpoints", "codebook_window"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(self.shard_mib == 0 or self.shard_mib >= 1,

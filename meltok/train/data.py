@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .tonal import tonal_crop
+
 log = logging.getLogger(__name__)
 
 
@@ -35,13 +37,16 @@ class CropBatches:
     """``next() -> float32 tensor [batch_size, num_samples]`` of random crops from ``reader``.
 
     ``prefetch`` > 0 reads that many batches ahead in a background thread (FLAC decoding
-    releases the GIL). ``state_dict()`` / ``load_state_dict()`` save and restore the position;
+    releases the GIL). ``tonal_fraction``: the share of crops that are synthetic tonal signals
+    (``tonal.tonal_crop``), drawn from the same generator. ``state_dict()`` / ``load_state_dict()`` save and restore the position;
     load before the first ``next()``.
     """
 
-    def __init__(self, reader, batch_size: int, num_samples: int, seed: int, rank: int = 0, prefetch: int = 2):
+    def __init__(self, reader, batch_size: int, num_samples: int, seed: int, rank: int = 0, prefetch: int = 2,
+                 tonal_fraction: float = 0.0, sample_rate: int = 44100):
         self.reader, self.batch_size, self.num_samples = reader, batch_size, num_samples
         self.prefetch = prefetch
+        self.tonal_fraction, self.sample_rate = tonal_fraction, sample_rate
         self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank])))
         self._state = copy.deepcopy(self._rng.bit_generator.state)
         self._queue: queue.Queue | None = None
@@ -49,8 +54,14 @@ class CropBatches:
         self._stop = threading.Event()
 
     def _draw(self) -> np.ndarray:
-        batch = np.stack([self.reader.random_crop(self._rng, self.num_samples) for _ in range(self.batch_size)])
+        batch = np.stack([self._crop() for _ in range(self.batch_size)])
         return batch.astype(np.float32, copy=False)
+
+    def _crop(self) -> np.ndarray:
+        """A corpus crop, or with probability ``tonal_fraction`` a synthetic tonal one (``tonal.tonal_crop``)."""
+        if self.tonal_fraction and self._rng.random() < self.tonal_fraction:
+            return tonal_crop(self._rng, self.num_samples, self.sample_rate)
+        return self.reader.random_crop(self._rng, self.num_samples)
 
     def _produce(self) -> None:
         try:

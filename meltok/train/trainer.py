@@ -129,7 +129,9 @@ class Trainer:
 
         train_reader = self.reader_factory(self.data, "train")
         self.batches = CropBatches(train_reader, self.config.batch_size, self.config.crop_samples,
-                                   self.config.seed, self.dist.rank, self.config.prefetch)
+                                   self.config.seed, self.dist.rank, self.config.prefetch,
+                                   tonal_fraction=self.config.tonal_fraction,
+                                   sample_rate=self.model.sample_rate)
         self.val_audio = self._validation_crops() if self.dist.is_main else None
         if resume_state is not None:
             self._restore(resume_state)

@@ -388,6 +388,40 @@ def test_batches_resume_position(corpus):
     assert not torch.equal(other_rank.next(), expected[0])
 
 
+def _peakiness(crop: np.ndarray) -> float:
+    """Share of a crop's power in its 1% strongest FFT bins: near 1 for a few lines, about 0.05 for white noise."""
+    power = np.sort(np.abs(np.fft.rfft(crop.astype(np.float64) * np.hanning(crop.size))) ** 2)[::-1]
+    return float(power[:power.size // 100].sum() / power.sum())
+
+
+class _SilentReader:
+    """A corpus of silence: every non-zero crop is a synthetic one."""
+
+    def random_crop(self, rng, num_samples):
+        rng.random()
+        return np.zeros(num_samples, np.float32)
+
+
+def test_tonal_crops_replace_a_share_of_the_batch_and_resume():
+    reader = _SilentReader()
+    tonal = CropBatches(reader, 8, CROP, seed=2, prefetch=0, tonal_fraction=1.0).next().numpy()
+    assert min(_peakiness(c) for c in tonal) > 0.9  # lines, not noise
+    assert all(-31 < 20 * np.log10(np.abs(c).max()) < -2.9 for c in tonal)
+    assert len({round(float(np.abs(c).max()), 6) for c in tonal}) == 8  # each crop its own draw
+    mixed = CropBatches(reader, 16, CROP, seed=3, prefetch=0, tonal_fraction=0.5)
+    batches = [mixed.next().numpy() for _ in range(4)]
+    share = np.mean([np.any(c) for batch in batches for c in batch])
+    assert 0.3 < share < 0.7
+    resumed = CropBatches(reader, 16, CROP, seed=3, prefetch=0, tonal_fraction=0.5)
+    first = CropBatches(reader, 16, CROP, seed=3, prefetch=0, tonal_fraction=0.5)
+    first.next()
+    resumed.load_state_dict(first.state_dict())
+    assert np.array_equal(resumed.next().numpy(), batches[1])
+    assert TrainConfig().replace(**{"tonal_fraction": "0.25"}).tonal_fraction == 0.25
+    with pytest.raises(TrainConfigError, match="tonal_fraction must lie in"):
+        TrainConfig(tonal_fraction=1.5)
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, corpus: str, out: str, result: str):
     import os
 
