@@ -25,6 +25,19 @@ def test_bundle_is_the_export_of_the_model():
     assert (manifest.token_rows, manifest.codebook_size, manifest.sample_rate) == (12, 8192, 44100)
 
 
+def test_the_shipped_default_is_the_newest_entry_of_the_defaults_table_and_the_readme_lists_them_all():
+    from pathlib import Path
+
+    from meltok_runtime.defaults import SHIPPED_DEFAULTS
+
+    assert load_manifest(DEFAULT_BUNDLE).model_id == SHIPPED_DEFAULTS[-1].model_id
+    assert [entry.version for entry in SHIPPED_DEFAULTS] == list(range(1, len(SHIPPED_DEFAULTS) + 1))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Default models"):]
+    for entry in SHIPPED_DEFAULTS:
+        assert f"| v{entry.version} | `{entry.model_id}` | {entry.release} |" in table
+
+
 def test_both_command_lines_work_without_a_model_argument(tmp_path, real_clip_paths):
     from meltok.cli import main as meltok_main
     from meltok_runtime.cli.main import main as runtime_main

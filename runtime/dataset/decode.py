@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from meltok_runtime.dataset.items import JobProgress
 from meltok_runtime.dataset.sources import AUDIO_SUFFIXES, Item
 from meltok_runtime.dataset.reader import open_dataset
+from meltok_runtime.defaults import mismatch_message
 from meltok_runtime.errors import DatasetError, MeltokError, ModelMismatchError, OutputPathError
 
 OUTPUT_SUFFIXES = (".wav", ".flac")
@@ -82,8 +83,8 @@ def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", thre
     summary = {"written": 0, "skipped": 0, "failures": []}
     with Codec.open(bundle, backend=backend, threads=threads) as codec:
         if dataset.model_id not in (None, codec.model_id):
-            raise ModelMismatchError(f"dataset {str(dataset_path)!r} holds tokens of {dataset.model_id}, the bundle is "
-                                     f"{codec.model_id}; decode with the bundle that made them (-b)")
+            raise ModelMismatchError(mismatch_message(f"dataset {str(dataset_path)!r}", dataset.model_id,
+                                                      codec.model_id))
         output.mkdir(parents=True, exist_ok=True)
         for item in dataset.items(ids):
             try:
@@ -106,7 +107,7 @@ def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", thre
 def _decode_one(codec, item, target: Path, write_audio, original_rate: bool) -> float:
     """Decode one row to ``target`` (atomically); returns its duration in seconds."""
     if item.model_id not in (None, codec.model_id):
-        raise ModelMismatchError(f"tokens of model {item.model_id}, not {codec.model_id}")
+        raise ModelMismatchError(mismatch_message(f"item {item.id!r}", item.model_id, codec.model_id))
     rate, length = codec.sample_rate, item.num_samples
     if original_rate and item.sample_rate and item.num_samples is not None:
         rate, length = item.sample_rate, round(item.num_samples * item.sample_rate / codec.sample_rate)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from meltok_runtime.io.atomic import atomic_output
+from meltok_runtime.defaults import mismatch_message
 from meltok_runtime.errors import (BadMagicError, CodeRangeError, ModelMismatchError, OutputPathError, TokenFileError,
                      TruncatedError, UnsupportedVersionError)
 
@@ -356,8 +357,7 @@ def _header_problem(header, version: int) -> str:
 def check_token_file(token_file: TokenFile, *, model_id: str, sample_rate: int, source) -> None:
     """Raise ModelMismatchError when ``token_file`` was made by another model or at another rate."""
     if token_file.model_id and token_file.model_id != model_id:
-        raise ModelMismatchError(f"{source} was made by model {token_file.model_id!r} but this model is "
-                                 f"{model_id!r}; decode it with the model that encoded it")
+        raise ModelMismatchError(mismatch_message(source, token_file.model_id, model_id))
     if token_file.sample_rate != sample_rate:
         raise ModelMismatchError(f"{source} is at {token_file.sample_rate} Hz but the model works at "
                                  f"{sample_rate} Hz; decode it with the model that encoded it")

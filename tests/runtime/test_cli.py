@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from meltok_runtime import codec as codec_module
 from meltok_runtime.io.audio import load_audio, prepare_audio
 from meltok_runtime.cli.main import main
+from meltok_runtime.defaults import SHIPPED_DEFAULTS
 from meltok_runtime.io.tokenfile import read_tokens, write_tokens
 
 from .conftest import DATA
@@ -138,12 +139,16 @@ def test_decode_errors(run, tiny_bundle, codec, tmp_path):
                  model_id="meltok-paper:0123456789ab", codebook_size=codec.codebook_size)
     write_tokens(tmp_path / "big.mtok", np.full((1, 12, 3), 5000), sample_rate=44100, num_samples=5000,
                  model_id=codec.model_id, codebook_size=8192)
+    write_tokens(tmp_path / "v1.mtok", np.zeros((1, 12, 3), np.int64), sample_rate=44100, num_samples=5000,
+                 model_id=SHIPPED_DEFAULTS[0].model_id, codebook_size=codec.codebook_size)
     cases = [
         ("missing.mtok", "does not exist"),
         ("garbage.mtok", "not a meltok token file"),
         ("truncated.mtok", "cut short"),
         ("other.mtok", "made by model 'meltok-paper:0123456789ab'"),
         ("big.mtok", "outside the codebook"),
+        ("v1.mtok", f"made by meltok's default model v1 ({SHIPPED_DEFAULTS[0].model_id}, meltok 0.1.0) but this model "
+                    f"is '{codec.model_id}'; decode it with that default: pip install meltok==0.1.0"),
     ]
     for name, match in cases:
         assert_one_line_error(run("decode", tmp_path / name, "-b", tiny_bundle, "-o", out), match)
