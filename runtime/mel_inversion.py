@@ -14,8 +14,10 @@ the mel bands around it best (finer than a bin where mel bands are wider than bi
 sum of those advances over frames (wrapped to ``[-pi, pi)``), and bins are locked to their peak's
 running phase. Everything but the running phase is frame-local, so the running phase before a frame
 is the whole state that windows and streams carry: decoding in pieces gives the running phase of one
-call. Steady tones keep their pitch and level; partials closer than a main lobe (about 170 Hz: a
-triad below 500 Hz) share one frequency and are not kept.
+call. Then ``consistency_iterations`` of fast Griffin-Lim start from that phase, within the frames
+at hand (a window or a stream's chunk): where overlapping frames disagree (dense music, speech) they
+make the STFT consistent, while steady tones, already consistent, keep their pitch. Partials closer
+than a main lobe (about 170 Hz: a triad below 500 Hz) share one frequency and are not kept.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ import numpy as np
 from .melfilters import hann_window, mel_filterbank
 
 NNLS_ITERATIONS = 32
+CONSISTENCY_ITERATIONS = 8  # 0 / 8 / 16 / 32: mel distance of the true mel on 6 held-out clips 2.99 / 2.24 / 2.15 / 2.09;
+# a 2637 Hz tone -2.3 / -4.3 / -7.6 dB (more iterations pull lines between the bins off their frequency)
+GL_MOMENTUM = 0.99
 PEAK_FLOOR_DB = 80.0  # peaks further below the frame's largest are noise: their bins follow the nearest real peak
 FINE = 64  # the lobe table's steps per bin
 OFFSETS = np.linspace(-1.0, 1.0, 2 * FINE + 1)  # candidate peak offsets from a peak's bin, in bins
@@ -37,11 +42,11 @@ class MelInverter:
 
     def __init__(self, *, sample_rate: int = 44100, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 96,
                  f_min: float = 0.0, f_max: float = 22050.0, log_floor: float = 1e-7,
-                 nnls_iterations: int = NNLS_ITERATIONS):
+                 nnls_iterations: int = NNLS_ITERATIONS, consistency_iterations: int = CONSISTENCY_ITERATIONS):
         self.n_fft, self.hop, self.log_floor = n_fft, hop_length, log_floor
         self.bins = n_fft // 2 + 1
         self.filters = mel_filterbank(self.bins, n_mels, sample_rate, f_min, f_max).T.astype(np.float64)  # [M, F]
-        self.nnls_iterations = nnls_iterations
+        self.nnls_iterations, self.consistency_iterations = nnls_iterations, consistency_iterations
         self._pinv = np.linalg.pinv(self.filters)  # [F, M]
         self.window = hann_window(n_fft).astype(np.float64)
         self._first_band, self._responses = self._tone_responses()
@@ -144,6 +149,25 @@ class MelInverter:
         audio, norm = audio[:, half:length - half], norm[half:length - half]
         return (audio / np.maximum(norm, 1e-11)).astype(np.float32)
 
+    def stft(self, audio: np.ndarray) -> np.ndarray:
+        """``[B, N]`` -> complex ``[B, F, N // hop + 1]`` (centred frames, reflect padding, periodic Hann)."""
+        half = self.n_fft // 2
+        padded = np.pad(np.asarray(audio, dtype=np.float64), ((0, 0), (half, half)), mode="reflect")
+        count = audio.shape[1] // self.hop + 1
+        index = np.arange(self.n_fft)[None, :] + self.hop * np.arange(count)[:, None]  # [T, n_fft]
+        return np.fft.rfft(padded[:, index] * self.window, axis=2).transpose(0, 2, 1)
+
+    def consistent_phase(self, magnitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """``consistency_iterations`` of fast Griffin-Lim (momentum ``GL_MOMENTUM``) from ``phase``: a phase
+        whose inverse STFT re-analyses closer to ``magnitude``, where overlapping frames disagree."""
+        previous = spectrum = magnitude * np.exp(1j * phase)
+        for _ in range(self.consistency_iterations):
+            projected = self.stft(self.istft(np.abs(spectrum), np.angle(spectrum)))
+            accelerated = projected + GL_MOMENTUM * (projected - previous)
+            previous = projected
+            spectrum = magnitude * np.exp(1j * np.angle(accelerated))
+        return np.angle(spectrum)
+
     def __call__(self, log_mel: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``log-mel [B, M, T]`` and the running phase before frame 0 ``[B, F]`` (None: zeros, a stream's start)
         -> (audio ``[B, (T - 1) * hop]``, the running phase after every frame ``[B, F, T]``; to continue at frame
@@ -151,6 +175,8 @@ class MelInverter:
         mel = self.linear_mel(log_mel)
         magnitude = self.magnitude(mel)
         phase, running = self.phase(magnitude, mel, state)
+        if self.consistency_iterations:
+            phase = self.consistent_phase(magnitude, phase)
         return self.istft(magnitude, phase), running
 
 

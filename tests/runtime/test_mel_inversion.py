@@ -44,7 +44,7 @@ def test_a_tone_comes_back_at_its_pitch_and_level(inverter, frequency):
     audio, _ = inverter(log_mel(inverter, tone))
     level, strongest = line(audio[0], frequency)
     assert abs(strongest / frequency - 1) < 0.002
-    assert level > -3.0
+    assert level > -6.0  # the project's target: within 1%, at most 6 dB below the input
 
 
 def test_real_music_keeps_its_mel_without_a_comb(inverter):
@@ -53,9 +53,11 @@ def test_real_music_keeps_its_mel_without_a_comb(inverter):
     music = audio.mean(axis=1)[:4 * RATE]
     mel = log_mel(inverter, music)
     decoded, _ = inverter(mel)
-    again = log_mel(inverter, decoded[0])
     loud = mel > mel.max() - np.log(1e4)  # bands within 80 dB of the loudest
-    assert np.abs(again - mel)[loud].mean() < 0.35  # natural-log units: within about 3 dB on average
+    error = np.abs(log_mel(inverter, decoded[0]) - mel)[loud].mean()
+    assert error < 0.3  # natural-log units: within about 2.6 dB on average
+    without, _ = MelInverter(consistency_iterations=0)(mel)  # the peak-locked phase alone
+    assert np.abs(log_mel(inverter, without[0]) - mel)[loud].mean() > error + 0.05
     spectrum = lambda x: np.abs(np.fft.rfft(x[:3 * RATE] * np.hanning(3 * RATE))) ** 2
     hz = np.fft.rfftfreq(3 * RATE, 1 / RATE)
     comb = np.abs((hz / (RATE / 512)) - np.round(hz / (RATE / 512))) * (RATE / 512) < 1.0
