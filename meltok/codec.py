@@ -9,7 +9,7 @@ from meltok_runtime.pipeline import CodecPipeline
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress
 
 from . import receptive_field
-from .config import MelTokConfig, head_variant, resolve_config
+from .config import MEL_INVERSION_HEAD, MelTokConfig, head_variant, resolve_config
 from .frontend import MelFrontend
 from .errors import ConfigError
 from .loaders import load_model
@@ -17,7 +17,7 @@ from .modelfile import save_model_file
 from .official import load_official
 from .quantizer import VectorQuantizer
 from .tokenizer import Decoder2d, Encoder2d
-from .vocoder import VocosBackbone, build_head
+from .vocoder import MelInversionHead, build_backbone, build_head
 
 
 class MelTok(CodecPipeline, nn.Module):
@@ -39,8 +39,8 @@ class MelTok(CodecPipeline, nn.Module):
         self.quantizer = VectorQuantizer(tok.codebook_size, tok.embedding_dim)
         self.post_quant_conv = nn.Conv2d(tok.embedding_dim, tok.z_channels, 1)
         self.decoder = Decoder2d(tok)
-        self.backbone = VocosBackbone(config.frontend.n_mels, config.vocoder)
-        self.head = build_head(config.vocoder)
+        self.backbone = build_backbone(config)  # the identity for the mel_inversion head
+        self.head = build_head(config)
         self.model_id = f"{config.name}:untrained"
         self.model_id_basis: str | None = None  # what model_id names (modelfile.architecture_digest), once known
         self.eval()
@@ -94,8 +94,15 @@ class MelTok(CodecPipeline, nn.Module):
         return torch.clamp(mel, min=float(np.log(np.float32(self.config.frontend.log_floor))))
 
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """``log-mel [B, n_mels, T] -> audio [B, (T - 1) * hop]``."""
+        """``log-mel [B, n_mels, T] -> audio [B, (T - 1) * hop]`` (``mel_inversion``: ``MelInverter``, numpy,
+        from the start of a stream)."""
         return self.head(self.backbone(mel))
+
+    @property
+    def mel_inverter(self):
+        """``mel_inversion`` models: the ``MelInverter`` that finishes the decode graph's log-mel (as the
+        runtime does on their bundles); None for a neural vocoder."""
+        return self.head.inverter if isinstance(self.head, MelInversionHead) else None
 
     def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [B, rows, T'] -> audio [B, (c * T' - 1) * hop]``."""
@@ -146,8 +153,12 @@ class MelTok(CodecPipeline, nn.Module):
             return self.tokenize(torch.from_numpy(audio).to(self._device())).cpu().numpy()
 
     def _decode_graph(self, tokens: np.ndarray) -> np.ndarray:
+        """Audio; for ``mel_inversion`` the log-mel (``decode_features``), finished by the pipeline."""
         with torch.inference_mode():
-            return self.detokenize(torch.from_numpy(tokens).to(self._device())).float().cpu().numpy()
+            tokens = torch.from_numpy(tokens).to(self._device())
+            if self.mel_inverter is not None:
+                return self.decode_features(self.quantizer.lookup(tokens)).float().cpu().numpy()
+            return self.detokenize(tokens).float().cpu().numpy()
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -172,16 +183,24 @@ class MelTok(CodecPipeline, nn.Module):
     def with_vocoder_head(self, head: str) -> "MelTok":
         """A new model with vocoder head ``head`` (``config.head_variant``), initialised from this one:
         every other weight copied; a phase-advance head from a reference head takes its log-magnitude
-        rows and starts with zero deviation (bin-centre frequencies)."""
+        rows and starts with zero deviation (bin-centre frequencies); a ``mel_inversion`` model (from any
+        head) keeps the encoder, quant_conv, codebook, post_quant_conv and decoder, and drops the
+        backbone and head (it has none)."""
         if head == self.config.vocoder.head:
             return self
-        if (self.config.vocoder.head, head) != ("istft", "phase_advance"):
+        supported = (("istft", "phase_advance"), (self.config.vocoder.head, MEL_INVERSION_HEAD))
+        if (self.config.vocoder.head, head) not in supported:
             raise ConfigError(f"cannot initialise a {head!r} head from a {self.config.vocoder.head!r} head; "
-                              "supported: istft -> phase_advance")
+                              f"supported: istft -> phase_advance, any -> {MEL_INVERSION_HEAD}")
         model = MelTok(head_variant(self.config, head)).to(self._device())
-        state = {key: value for key, value in self.state_dict().items() if not key.startswith("head.")}
-        model.load_state_dict(state, strict=False)
-        model.head.init_from_reference(self.head)
+        vocoder = ("head.", "backbone.") if head == MEL_INVERSION_HEAD else ("head.",)
+        state = {key: value for key, value in self.state_dict().items() if not key.startswith(vocoder)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or (head == MEL_INVERSION_HEAD and missing):
+            raise ConfigError(f"the {head!r} model does not take this model's weights (missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}): this is a bug")
+        if head == "phase_advance":
+            model.head.init_from_reference(self.head)
         return model.train(self.training)
 
     @classmethod

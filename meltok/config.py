@@ -105,7 +105,8 @@ class TokenizerConfig:
 
 
 REFERENCE_HEAD = "istft"
-VOCODER_HEADS = (REFERENCE_HEAD, "phase_advance")
+MEL_INVERSION_HEAD = "mel_inversion"
+VOCODER_HEADS = (REFERENCE_HEAD, "phase_advance", MEL_INVERSION_HEAD)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,10 @@ class VocoderConfig:
 
     ``head``: ``"istft"`` (reference: absolute phase per frame) or ``"phase_advance"`` (each bin's
     phase advance as a bounded deviation from its centre frequency, integrated over frames, so
-    steady tones keep their pitch). The reference head is left out of the JSON, so configs and
-    model ids of files written before the field existed do not change.
+    steady tones keep their pitch) or ``"mel_inversion"`` (no neural vocoder: no backbone, no head
+    weights; the decoder's log-mel becomes audio by ``meltok_runtime.mel_inversion.MelInverter`` with
+    the front end's parameters, inference only; the sizes here are then unused). The reference head is
+    left out of the JSON, so configs and model ids of files written before the field existed do not change.
     """
 
     dim: int = 512
@@ -219,7 +222,8 @@ def local_variant(config: MelTokConfig) -> MelTokConfig:
 
 
 def head_variant(config: MelTokConfig, head: str) -> MelTokConfig:
-    """``config`` with vocoder head ``head``; when the head changes, the name gets ``-HEAD`` (``-phase-advance``)."""
+    """``config`` with vocoder head ``head``; when the head changes, the name gets ``-HEAD`` (``-phase-advance``,
+    ``-mel-inversion``)."""
     if head == config.vocoder.head:
         return config
     return dataclasses.replace(config, name=f"{config.name}-{head.replace('_', '-')}",

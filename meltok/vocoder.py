@@ -1,7 +1,8 @@
 """Token vocoder back end: Vocos ConvNeXt backbone and spectral heads (reference names).
 
-Heads (``VocoderConfig.head``): ``ISTFTHead`` (reference: absolute phase per frame) and
-``PhaseAdvanceHead`` (phase advance per frame, integrated: DESIGN.md section 10).
+Heads (``VocoderConfig.head``): ``ISTFTHead`` (reference: absolute phase per frame),
+``PhaseAdvanceHead`` (phase advance per frame, integrated: DESIGN.md section 10) and
+``MelInversionHead`` (no backbone, no weights: the runtime's ``MelInverter`` on the log-mel).
 """
 import math
 
@@ -9,7 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import VocoderConfig
+from meltok_runtime.mel_decode import inverter_parameters
+from meltok_runtime.mel_inversion import MelInverter
+
+from .config import MEL_INVERSION_HEAD, FrontendConfig, MelTokConfig, VocoderConfig
 from .spectral import ConvISTFT
 
 KERNEL_SIZE = 7  # the embedding convolution's and every ConvNeXt depthwise convolution's
@@ -135,9 +139,41 @@ class PhaseAdvanceHead(nn.Module):
         return self.synthesize(log_magnitude, phase), wrap_phase(phase[..., -1])
 
 
+class MelInversionHead(nn.Module):
+    """``log-mel [B, n_mels, T] -> audio [B, (T - 1) * hop]`` without weights: ``MelInverter`` (numpy, on
+    the CPU, inference only: no gradient) with the front end's parameters. Its input is the log-mel
+    itself (the model has no backbone); ``inverter`` is what the runtime runs on a bundle's log-mel."""
+
+    def __init__(self, frontend: FrontendConfig):
+        super().__init__()
+        self.settings = inverter_parameters(
+            sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
+            n_mels=frontend.n_mels, f_min=frontend.f_min, f_max=frontend.f_max, log_floor=frontend.log_floor)
+        self.inverter = MelInverter(**self.settings)
+
+    def forward(self, log_mel: torch.Tensor, initial_phase=None) -> torch.Tensor:
+        return self.forward_with_state(log_mel, initial_phase)[0]
+
+    def forward_with_state(self, log_mel: torch.Tensor, initial_phase=None):
+        """``(audio [B, (T - 1) * hop] float32, running phase after the last frame [B, F] float64 numpy)``;
+        ``initial_phase``: the running phase before frame 0 (None: zeros, the start of a stream)."""
+        state = None if initial_phase is None else np.asarray(initial_phase, dtype=np.float64)
+        audio, running = self.inverter(log_mel.detach().float().cpu().numpy(), state)
+        return torch.from_numpy(audio).to(log_mel.device), running[..., -1]
+
+
 HEADS = {"istft": ISTFTHead, "phase_advance": PhaseAdvanceHead}
 
 
-def build_head(config: VocoderConfig) -> nn.Module:
-    """The head ``config.head`` names."""
-    return HEADS[config.head](config)
+def build_backbone(config: MelTokConfig) -> nn.Module:
+    """The Vocos backbone, or (``mel_inversion``) the identity: the head takes the log-mel itself."""
+    if config.vocoder.head == MEL_INVERSION_HEAD:
+        return nn.Identity()
+    return VocosBackbone(config.frontend.n_mels, config.vocoder)
+
+
+def build_head(config: MelTokConfig) -> nn.Module:
+    """The head ``config.vocoder.head`` names."""
+    if config.vocoder.head == MEL_INVERSION_HEAD:
+        return MelInversionHead(config.frontend)
+    return HEADS[config.vocoder.head](config.vocoder)

@@ -6,7 +6,9 @@ same two callables to the same ``CodecPipeline``, so validation, resampling, win
 and trimming are those of the runtime, whoever runs the graphs:
 
 - ``encode_graph(audio)``: float32 ``[B, n]`` -> int tokens ``[B, rows, T']``;
-- ``decode_graph(tokens)``: int ``[B, rows, w]`` -> float32 audio ``[B, (compression * w - 1) * hop]``.
+- ``decode_graph(tokens)``: int ``[B, rows, w]`` -> float32 audio ``[B, (compression * w - 1) * hop]``
+  (or the log-mel ``[B, n_mels, compression * w]`` where the manifest's ``decoder_output`` is ``log_mel``:
+  the pipeline finishes it with the manifest's ``MelInverter``, ``mel_decode``).
 
 ``B`` never exceeds ``max_batch`` and ``n`` (``w``) never exceeds the bundle's limits.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from meltok_runtime.errors import SettingsError
 from meltok_runtime.lengths import padded_length, token_columns
 from meltok_runtime.manifest import Manifest
+from meltok_runtime.mel_decode import inverter_from_parameters
 from meltok_runtime.pipeline import CodecPipeline
 from meltok_runtime.windowing import Progress
 
@@ -49,6 +52,8 @@ class GraphCodec(CodecPipeline):
             settings["context_seconds"] if context_seconds is None else context_seconds)
         if settings["fade_seconds"] is not None:
             self.fade_columns = settings["fade_seconds"] * self.sample_rate / self.column_samples
+        self._mel_inverter = (inverter_from_parameters(manifest.mel_inversion)
+                              if manifest.decoder_output == "log_mel" else None)
 
     def window_limit(self) -> int | None:
         """Columns per graph call the bundle's engines accept (``limits``), less one; None: no limit."""
@@ -94,6 +99,11 @@ class GraphCodec(CodecPipeline):
     def token_rate(self) -> float:
         """Tokens per second, all rows."""
         return self.manifest.token_rate
+
+    @property
+    def mel_inverter(self):
+        """The manifest's ``MelInverter`` for a log-mel decoder; None for an audio decoder."""
+        return self._mel_inverter
 
     @property
     def stream_contract(self) -> dict:

@@ -1,8 +1,10 @@
 """Export bundle manifest (``manifest.json``): the contract between ``meltok_export`` and the runtime.
 
 A bundle is a folder holding ``encoder.onnx`` (audio ``[B, N]`` float32 -> tokens ``[B, rows, T']``
-int32), ``decoder.onnx`` (tokens int32 -> audio ``[B, (c * T' - 1) * hop]`` float32), optional
-TensorRT ``*.plan`` engines, and this manifest. Every file is listed with its SHA-256, checked
+int32), ``decoder.onnx`` (tokens int32 -> audio ``[B, (c * T' - 1) * hop]`` float32, or, where
+``decoder_output`` is ``"log_mel"``, the log-mel ``[B, n_mels, c * T']`` that the runtime turns into
+audio with ``mel_inversion.MelInverter``: ``mel_decode``), optional TensorRT ``*.plan`` engines, and
+this manifest. Every file is listed with its SHA-256, checked
 before use.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meltok_runtime.errors import BundleError
+from meltok_runtime.mel_decode import DECODER_OUTPUTS, check_inverter_parameters
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
 BUNDLE_FORMAT_VERSION = 1
@@ -106,6 +109,10 @@ class Manifest:
     # the verification clip and ONNX Runtime CPU's reference outputs on it (``meltok_runtime.engines.reference``):
     # {"file": "verification.npz", "sha256": ..., "source": ..., "samples": N, "decoded_rms": ...}; {} if none
     verification: dict = field(default_factory=dict)
+    # what the decoder graph gives: "audio", or "log_mel" finished by the runtime's MelInverter (``mel_decode``)
+    decoder_output: str = "audio"
+    # "log_mel" decoders: the MelInverter's parameters (``mel_decode.INVERTER_PARAMETERS``); {} otherwise
+    mel_inversion: dict = field(default_factory=dict)
 
     def __post_init__(self):
         graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}
@@ -160,7 +167,18 @@ class Manifest:
         if missing:
             raise BundleError(f"{source} lists no {' or '.join(missing)} graph; re-export the bundle")
         manifest.window_settings()  # refuses a bad ``windowing`` now, not at the first long input
+        manifest.check_decoder_output(source)
         return manifest
+
+    def check_decoder_output(self, source: str = "manifest") -> None:
+        """BundleError unless ``decoder_output`` is known and ``mel_inversion`` fits it."""
+        if self.decoder_output not in DECODER_OUTPUTS:
+            raise BundleError(f"{source} has decoder_output {self.decoder_output!r}; this runtime knows "
+                              f"{list(DECODER_OUTPUTS)}: upgrade meltok or re-export the bundle")
+        if self.decoder_output == "audio" and self.mel_inversion:
+            raise BundleError(f"{source} has mel_inversion parameters but an audio decoder; re-export the bundle")
+        if self.decoder_output == "log_mel":
+            check_inverter_parameters(self.mel_inversion, source)
 
     def write(self, folder) -> Path:
         """Write ``manifest.json`` into ``folder`` (the bundle folder is itself written atomically)."""

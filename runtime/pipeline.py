@@ -6,7 +6,9 @@
 
 - ``_encode_graph(audio)``: float32 ``[B, n]`` at ``sample_rate`` -> int tokens ``[B, rows, T']``
   with ``T' = framing.token_columns(n)``;
-- ``_decode_graph(tokens)``: int64 ``[B, rows, w]`` -> float32 audio ``[B, (compression * w - 1) * hop]``.
+- ``_decode_graph(tokens)``: int64 ``[B, rows, w]`` -> float32 audio ``[B, (compression * w - 1) * hop]``,
+  or, where ``mel_inverter`` is not None, the log-mel ``[B, n_mels, compression * w]`` that the pipeline
+  finishes with that ``MelInverter``, its running phase carried from window to window (``mel_decode``).
 
 This class does the rest, once for both: the input checks (audio shape, dtype, NaN, sample rate;
 tokens dtype, rows, range; ``num_samples``), resampling and channel mixing, padding, the window
@@ -25,6 +27,7 @@ import numpy as np
 
 from meltok_runtime.errors import SettingsError, TokenInputError
 from meltok_runtime.lengths import check_tokens, decoded_length, padded_length, token_columns
+from meltok_runtime.mel_decode import MelDecode
 from meltok_runtime.stream import (DEFAULT_FADE_SECONDS, DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_STEP_SECONDS, StreamDecoder,
                                    StreamEncoder, StreamSpec)
 from meltok_runtime.windowing import (DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS, Progress, count_windows,
@@ -163,7 +166,7 @@ class CodecPipeline:
         rate = self.sample_rate if sample_rate is None else _check_output_rate(sample_rate)
         self._check_num_samples(num_samples, array.shape[-1], rate)
         windowed = functools.partial(decode_windowed, fade_columns=self.fade_columns)
-        audio = self._batched(array, self._decode_graph, windowed, windows or self.windows, progress)
+        audio = self._batched(array, self._decode_step(), windowed, windows or self.windows, progress)
         audio = audio.astype(np.float32, copy=False)
         if rate != self.sample_rate:
             from meltok_runtime.io.audio import resample
@@ -188,6 +191,17 @@ class CodecPipeline:
                 f"({covered * rate // self.sample_rate} samples at most); pass the length the audio had when "
                 "it was encoded, or None")
 
+    @property
+    def mel_inverter(self):
+        """The ``MelInverter`` that turns ``_decode_graph``'s log-mel into audio; None where it gives audio."""
+        return None
+
+    def _decode_step(self):
+        """What the windows call: ``_decode_graph``, or (a log-mel decoder) a ``MelDecode`` that carries the
+        inverter's running phase from window to window."""
+        inverter = self.mel_inverter
+        return self._decode_graph if inverter is None else MelDecode(self._decode_graph, inverter, self.compression)
+
     # ----------------------------------------------------------------- streaming
     @property
     def stream_contract(self) -> dict:
@@ -198,7 +212,7 @@ class CodecPipeline:
                        context_seconds: float = DEFAULT_CONTEXT_SECONDS, fade_seconds: float = DEFAULT_FADE_SECONDS,
                        step_seconds: float = DEFAULT_STEP_SECONDS) -> StreamDecoder:
         """A stream that decodes tokens as they arrive (``stream``); exact for time-local models."""
-        return StreamDecoder(self._decode_graph, self._stream_spec(), lookahead_seconds=lookahead_seconds,
+        return StreamDecoder(self._decode_step(), self._stream_spec(), lookahead_seconds=lookahead_seconds,
                              context_seconds=context_seconds, fade_seconds=fade_seconds, step_seconds=step_seconds)
 
     def stream_encoder(self, lookahead_seconds: float = DEFAULT_LOOKAHEAD_SECONDS,

@@ -1,8 +1,8 @@
 """A bundle's verification clip and ONNX Runtime CPU's outputs on it, so engines are checked without a model.
 
 At export, ``write_reference`` stores a short real clip (16-bit PCM) and the tokens the bundle's own
-encoder graph gives on ONNX Runtime CPU in ``verification.npz`` (a few hundred kB), with the decoded
-audio's RMS and peak in the manifest (``manifest.verification``). Where engines are built
+encoder graph gives on ONNX Runtime CPU in ``verification.npz`` (a few hundred kB), with the decoder
+output's RMS and peak (audio; the log-mel for a log-mel decoder) in the manifest (``manifest.verification``). Where engines are built
 (``meltok-rt engines``), ``compare_engines`` runs ONNX Runtime CPU and the new engines on that clip:
 ONNX Runtime here must give the stored tokens, and the engines must agree with it within
 ``ENGINE_FLOORS`` (token agreement; decoder SNR on the stored tokens).
@@ -31,7 +31,12 @@ ORT_AGREEMENT_FLOOR = 0.999  # ONNX Runtime CPU here against the export's: other
 def _ort_outputs(bundle: Path, manifest, audio: np.ndarray, backend=OrtCpuBackend) -> tuple:
     with backend(bundle, manifest, "encoder") as encoder, backend(bundle, manifest, "decoder") as decoder:
         tokens = encoder.run({"audio": audio})["tokens"]
-        return tokens, decoder.run({"tokens": tokens})["audio"]
+        return tokens, decoder.run({"tokens": tokens})[decoder_output(manifest)]
+
+
+def decoder_output(manifest) -> str:
+    """The decoder graph's output name: ``audio``, or ``log_mel`` for a log-mel decoder (``decoder_output``)."""
+    return manifest.graphs["decoder"].outputs[0].name
 
 
 def _padded(audio: np.ndarray, manifest) -> np.ndarray:
@@ -114,7 +119,8 @@ def compare_engines(bundle, manifest, *, backend=TrtBackend) -> dict:
             clip, tokens = audio[:, :samples], stored[..., :columns]
             got, expected = encoder.run({"audio": clip})["tokens"], cpu_encoder.run({"audio": clip})["tokens"]
             equal, positions = equal + int(np.sum(got == expected)), positions + expected.size
-            wave, reference = decoder.run({"tokens": tokens})["audio"], cpu_decoder.run({"tokens": tokens})["audio"]
+            output = decoder_output(manifest)
+            wave, reference = decoder.run({"tokens": tokens})[output], cpu_decoder.run({"tokens": tokens})[output]
             signal += float(np.sum(reference.astype(np.float64) ** 2))
             noise += float(np.sum((wave.astype(np.float64) - reference) ** 2))
     report.update(token_agreement=equal / positions, pieces=[list(piece) for piece in pieces],

@@ -149,6 +149,7 @@ class BatchedCodec(CodecPipeline):
     token_rate = property(lambda self: self.codec.token_rate)
     windows = property(lambda self: self.codec.windows)
     stream_contract = property(lambda self: self.codec.stream_contract)
+    mel_inverter = property(lambda self: self.codec.mel_inverter)  # log-mel decoders: finished after the batcher
 
     def window_limit(self) -> int | None:
         return self.codec.window_limit()
