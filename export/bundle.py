@@ -31,7 +31,7 @@ from meltok_runtime.io.atomic import atomic_directory, atomic_output
 from meltok_runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 from meltok_runtime.windowing import DEFAULT_CONTEXT_SECONDS, DEFAULT_WINDOW_SECONDS
 
-from .contract import OPSET, PRECISIONS, VERIFY_AUDIO, verify_audio
+from .contract import OPSET, PRECISIONS, VERIFY_AUDIO, decoder_output, verify_audio
 from .dependencies import import_onnx
 from .errors import ExportDestinationError, ExportOptionError
 from .islands import float32_layer_names
@@ -157,7 +157,9 @@ def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: in
                     versions=tool_versions(engine), streaming=stream_contract(config),
                     windowing={"window_seconds": DEFAULT_WINDOW_SECONDS, "context_seconds": DEFAULT_CONTEXT_SECONDS,
                                "fade_seconds": DEFAULT_CONTEXT_SECONDS},
-                    float32_nodes=float32_nodes(Path(folder), graphs) if folder is not None else {})
+                    float32_nodes=float32_nodes(Path(folder), graphs) if folder is not None else {},
+                    decoder_output=decoder_output(model),
+                    mel_inversion=dict(model.head.settings) if decoder_output(model) == "log_mel" else {})
 
 
 def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float | None = None,
@@ -183,6 +185,10 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
     max_seconds = default_max if max_seconds is None else max_seconds
     opt_seconds = min(default_opt, max_seconds) if opt_seconds is None else opt_seconds
     _check_options(engine, precision, max_seconds, opt_seconds, max_batch)
+    if precision == "int8" and decoder_output(model) == "log_mel":
+        raise ExportOptionError(f"{model.config.name} decodes through the log-mel (mel_inversion), which int8 is not "
+                                "verified for (its log-mel error, amplified by the inversion, fails the int8 limit): "
+                                "use --precision fp32 or fp16")
     if (version_compatible or stream_profile) and engine != "trt":
         raise ExportOptionError("--version-compatible and --stream-profile apply to TensorRT engines: add --engine trt")
     out = check_destination(out, force=force)

@@ -4,7 +4,9 @@
   ``OPSET``, precisions ``PRECISIONS``;
 - tensors (``graph_specs``): encoder ``audio`` float32 ``[batch, samples]`` (already padded by the caller)
   -> ``tokens`` int32 ``[batch, rows, columns]``; decoder ``tokens`` -> ``audio`` float32
-  ``[batch, out_samples]`` with ``out_samples = (compression * columns - 1) * hop``; every named axis is
+  ``[batch, out_samples]`` with ``out_samples = (compression * columns - 1) * hop``, or, for a
+  ``mel_inversion`` model (``decoder_output``), ``log_mel`` float32 ``[batch, n_mels, frames]`` with
+  ``frames = compression * columns`` (the runtime's ``MelInverter`` makes the audio); every named axis is
   dynamic (``dynamic_axes``);
 - verification: the shipped clip ``VERIFY_AUDIO`` and the limits per precision (``TOLERANCES``).
 
@@ -45,12 +47,20 @@ TOLERANCES = {
 }
 
 
+def decoder_output(model) -> str:
+    """What ``model``'s decoder graph gives (the manifest's ``decoder_output``): ``"log_mel"`` for a model
+    whose audio comes from the runtime's ``MelInverter`` (``MelTok.mel_inverter``), else ``"audio"``."""
+    return "log_mel" if model.mel_inverter is not None else "audio"
+
+
 def graph_specs(model) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
     """``{graph: (inputs, outputs)}``: names, dtypes and shapes (named axes are dynamic)."""
     rows = model.token_rows
     tokens = TensorSpec("tokens", "int32", ("batch", rows, "columns"))
+    decoded = (TensorSpec("log_mel", "float32", ("batch", model.config.frontend.n_mels, "frames"))
+               if decoder_output(model) == "log_mel" else TensorSpec("audio", "float32", ("batch", "out_samples")))
     return {"encoder": ((TensorSpec("audio", "float32", ("batch", "samples")),), (tokens,)),
-            "decoder": ((tokens,), (TensorSpec("audio", "float32", ("batch", "out_samples")),))}
+            "decoder": ((tokens,), (decoded,))}
 
 
 def dynamic_axes(specs) -> dict[str, dict[int, str]]:
@@ -87,4 +97,4 @@ def verify_audio(sample_rate: int = 44100) -> np.ndarray:
 
 __all__ = ["FP16_TOKEN_FLOOR", "FP16_TOKEN_GOAL", "GRAPH_FILES", "GRAPH_NAMES", "INT8_MEL_DISTANCE_MAX",
            "INT8_TOKEN_FLOOR", "LOSSY", "OPSET", "PRECISIONS", "TIE_RTOL", "TOLERANCES", "VERIFY_AUDIO",
-           "check_graph_io", "dynamic_axes", "graph_specs", "verify_audio"]
+           "check_graph_io", "decoder_output", "dynamic_axes", "graph_specs", "verify_audio"]

@@ -55,13 +55,18 @@ def float32_islands(onnx_model, graph: str) -> dict[str, list]:
 
     Encoder: ``log-mel`` (the ``Log`` and everything before it), ``vq`` (the ``ArgMin`` back to, not
     including, the convolution that writes the latent). Decoder: ``head`` (the output back to, and
-    including, the first matrix product: the head's Linear).
+    including, the first matrix product: the head's Linear); a log-mel decoder (``mel_inversion`` models,
+    output ``log_mel``) has no head: ``mel-out`` (the output back to, not including, the last convolution
+    or cast: the mel scale and clamp).
     """
     g = onnx_model.graph
     if graph == "encoder":
         log_node, argmin = _single(g, "Log", graph), _single(g, "ArgMin", graph)
         return {"log-mel": _walk_back(g, log_node.output, lambda node: None),
                 "vq": _walk_back(g, argmin.output, lambda node: "exclude" if node.op_type == "Conv" else None)}
+    if graph == "decoder" and [value.name for value in g.output] == ["log_mel"]:
+        last_trunk = ("Conv", "ConvTranspose", "Cast")  # a float16 trunk ends in a Cast to float32
+        return {"mel-out": _walk_back(g, ["log_mel"], lambda node: "exclude" if node.op_type in last_trunk else None)}
     if graph == "decoder":
         head = _walk_back(g, [value.name for value in g.output],
                           lambda node: "include" if node.op_type in ("Gemm", "MatMul") else None)

@@ -29,7 +29,7 @@ from torch import nn
 from meltok_runtime.manifest import BUNDLE_FORMAT_VERSION, GraphEntry, file_sha256
 
 from meltok_runtime import __version__
-from .contract import GRAPH_FILES, OPSET, check_graph_io, dynamic_axes, graph_specs
+from .contract import GRAPH_FILES, OPSET, check_graph_io, decoder_output, dynamic_axes, graph_specs
 from .dependencies import import_onnx, import_onnxsim
 from .errors import ContractError, ExportOptionError
 from .islands import island_violations
@@ -51,13 +51,18 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """``tokens`` int32 ``[B, rows, T']`` -> ``audio`` float32 ``[B, (c * T' - 1) * hop]`` (MelTok.detokenize)."""
+    """``tokens`` int32 ``[B, rows, T']`` -> ``audio`` float32 ``[B, (c * T' - 1) * hop]`` (MelTok.detokenize);
+    a ``mel_inversion`` model: -> ``log_mel`` float32 ``[B, n_mels, c * T']`` (MelTok.decode_features), which
+    the runtime's ``MelInverter`` turns into audio."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.log_mel = decoder_output(model) == "log_mel"
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.log_mel:
+            return self.model.decode_features(self.model.quantizer.lookup(tokens)).to(torch.float32)
         return self.model.detokenize(tokens).to(torch.float32)
 
 
@@ -125,24 +130,29 @@ def precision_variant(model, precision: str):
     if precision == "fp32":
         return variant
     half, single = torch.float16, torch.float32
-    for trunk in (variant.encoder, variant.decoder, variant.backbone):
+    vocoder = decoder_output(model) == "audio"  # a mel_inversion model has no backbone (its graph ends at the mel)
+    for trunk in (variant.encoder, variant.decoder, *((variant.backbone,) if vocoder else ())):
         trunk.half()
         _prepare_float16_trunk(trunk)
-    # The backbone's final LayerNorm feeds the float32 head Linear directly.
-    variant.backbone.final_layer_norm.output = single
     variant.encoder = PrecisionIsland(variant.encoder, half, half)
     variant.quant_conv = PrecisionIsland(variant.quant_conv.half(), half, single)  # -> VQ distances in float32
     variant.post_quant_conv = PrecisionIsland(variant.post_quant_conv.half(), half, half)
     variant.decoder = PrecisionIsland(variant.decoder, half, single)  # -> mel scale and clamp in float32
-    variant.backbone = PrecisionIsland(variant.backbone, half, single)
+    if vocoder:
+        # The backbone's final LayerNorm feeds the float32 head Linear directly.
+        variant.backbone.final_layer_norm.output = single
+        variant.backbone = PrecisionIsland(variant.backbone, half, single)
     return variant
 
 
 def graph_metadata(model, graph: str, precision: str, model_sha256: str) -> dict[str, str]:
     """``metadata_props`` written into each ONNX file."""
     config = model.config
+    log_mel = graph == "decoder" and decoder_output(model) == "log_mel"
+    output = {"meltok.decoder_output": "log_mel"} if log_mel else {}  # audio decoders: as before the key existed
     return {
         "meltok.graph": graph,
+        **output,
         "meltok.precision": precision,
         "meltok.bundle_format_version": str(BUNDLE_FORMAT_VERSION),
         "meltok.model_name": config.name,

@@ -12,6 +12,11 @@ Every export runs it, and ``meltok-export verify`` reruns it. Figures (per case 
 - ``mel_distance`` (fp16 and int8 graphs): DAC's multi-scale mel distance (``meltok.metrics.mel_distance``)
   of the graph's audio against the model's, the worst batch item.
 
+A log-mel decoder (``mel_inversion`` models: the runtime's ``MelInverter`` makes the audio, the same numpy
+code on both sides) is verified on what its graph gives: ``waveform_*`` compare its log-mel with the
+model's (``MelTok.decode_features``) as arrays, ``mel_*_error`` are their absolute differences, and
+``mel_distance`` compares the two log-mels' ``MelInverter`` audio.
+
 The graphs and engines run on the runtime's own backends (``meltok_runtime.backends``): ort-cpu always,
 ort-cuda where it is available here, trt where the bundle has engines; exactly the code ``meltok-rt``
 runs. Thresholds, per precision, are in ``meltok_export.contract.TOLERANCES``: float32 graphs must reproduce every token (up to ties)
@@ -32,6 +37,7 @@ import numpy as np
 
 from meltok_runtime.backends import backend_class
 from meltok_runtime.backends.ort import import_onnxruntime
+from meltok_runtime.engines.reference import decoder_output
 from meltok_runtime.errors import MeltokError, ModelMismatchError
 from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.manifest import load_manifest, verify_file
@@ -89,9 +95,11 @@ def _reference(model, audio: np.ndarray) -> dict:
         flat = latent.float().permute(0, 2, 3, 1)
         codebook = model.quantizer.embedding.weight.float()
         scale = (flat * flat).sum(-1) + (codebook * codebook).sum(-1)[tokens]
-        waveform = model.detokenize(tokens)
+        # what the decoder graph gives: audio, or a mel_inversion model's log-mel
+        decoded = (model.detokenize(tokens) if model.mel_inverter is None
+                   else model.decode_features(model.quantizer.lookup(tokens)))
     return {"tokens": tokens.numpy(), "distances": distances.numpy(), "scale": scale.numpy(),
-            "audio": waveform.float().numpy()}
+            "audio": decoded.float().numpy()}
 
 
 def _log_mel(model, audio: np.ndarray) -> np.ndarray:
@@ -132,6 +140,27 @@ def compare_audio(model, audio: np.ndarray, reference: np.ndarray, *, mel_distan
         distance = max(multiscale(ref, out, sample_rate=model.sample_rate) for ref, out in zip(reference, audio))
     return {"waveform_max_error": float(np.abs(error).max()) / peak, "waveform_snr_db": float(snr),
             "mel_mean_error": float(mel_error.mean()), "mel_max_error": float(mel_error.max()),
+            "mel_distance": None if distance is None else float(distance)}
+
+
+def compare_log_mel(model, log_mel: np.ndarray, reference: np.ndarray, *, mel_distance: bool = False) -> dict:
+    """``compare_audio``'s figures for a log-mel decoder's output ``[B, n_mels, T]`` against the model's: the
+    arrays' error (``waveform_*``) and absolute difference (``mel_*_error``); with ``mel_distance`` the
+    multi-scale mel distance of their ``MelInverter`` audio."""
+    if log_mel.shape != reference.shape:
+        raise VerificationError(f"the log-mel has shape {list(log_mel.shape)}, the model gives {list(reference.shape)}")
+    error = log_mel.astype(np.float64) - reference
+    peak = max(1.0, float(np.abs(reference).max()))
+    snr = 10.0 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30)
+                          / max(float(np.sum(error ** 2)), 1e-30))
+    distance = None
+    if mel_distance:
+        from meltok.metrics import mel_distance as multiscale
+
+        audio, expected = model.mel_inverter(log_mel)[0], model.mel_inverter(reference)[0]
+        distance = max(multiscale(ref, out, sample_rate=model.sample_rate) for ref, out in zip(expected, audio))
+    return {"waveform_max_error": float(np.abs(error).max()) / peak, "waveform_snr_db": float(snr),
+            "mel_mean_error": float(np.abs(error).mean()), "mel_max_error": float(np.abs(error).max()),
             "mel_distance": None if distance is None else float(distance)}
 
 
@@ -180,9 +209,11 @@ def _run_cases(model, run_encoder, run_decoder, cases, clip, references, outputs
                                     f"audio; the contract is int32 {list(expected_shape)}")
         decoded = np.asarray(run_decoder(reference["tokens"].astype(np.int32)))
         if not np.isfinite(decoded).all():
-            raise VerificationError(f"the decoder gave non-finite audio (NaN or Inf) for the {case.name} case; "
+            raise VerificationError(f"the decoder gave non-finite output (NaN or Inf) for the {case.name} case; "
                                     "the graph overflows (float16?) for this model")
-        expected_audio = (audio.shape[0], decoded_length(columns, hop, compression))
+        log_mel = model.mel_inverter is not None
+        expected_audio = ((audio.shape[0], model.config.frontend.n_mels, compression * columns) if log_mel
+                          else (audio.shape[0], decoded_length(columns, hop, compression)))
         if decoded.shape != expected_audio or decoded.dtype != np.float32:
             raise VerificationError(f"the decoder gave {decoded.dtype} {list(decoded.shape)}; the contract is "
                                     f"float32 {list(expected_audio)}")
@@ -190,7 +221,8 @@ def _run_cases(model, run_encoder, run_decoder, cases, clip, references, outputs
             outputs[case.name] = (tokens, decoded)
         results.append({"name": case.name, "batch": audio.shape[0], "samples": case.samples, "columns": columns,
                         **compare_tokens(tokens, reference),
-                        **compare_audio(model, decoded, reference["audio"], mel_distance=mel_distance)})
+                        **(compare_log_mel if log_mel else compare_audio)(model, decoded, reference["audio"],
+                                                                          mel_distance=mel_distance)})
     return results
 
 
@@ -200,8 +232,9 @@ def _runners(name: str, folder: Path, manifest, threads: int | None):
     backend = backend_class(name)
     with backend(folder, manifest, "encoder", threads=threads) as encoder, \
             backend(folder, manifest, "decoder", threads=threads) as decoder:
+        output = decoder_output(manifest)  # "audio", or "log_mel" (mel_inversion models)
         yield (lambda audio: encoder.run({"audio": audio})["tokens"],
-               lambda tokens: decoder.run({"tokens": tokens})["audio"])
+               lambda tokens: decoder.run({"tokens": tokens})[output])
 
 
 def _skip_reason(name: str, folder: Path, manifest) -> str | None:

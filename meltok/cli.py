@@ -84,6 +84,31 @@ def init(preset, output, seed, force):
                f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
 
+@main.group()
+def model():
+    """Model files made from other models (no training)."""
+
+
+@model.command("mel-inversion")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@force_option
+@user_errors
+def model_mel_inversion(source, output, force):
+    """Write a model that decodes through the log-mel: SOURCE's encoder, codebook and decoder (a stage-1
+    run folder, or a model file whose decoder outputs the log-mel), no neural vocoder; the audio comes from
+    the runtime's MelInverter (name suffixed -mel-inversion)."""
+    from .codec import MelTok
+    from .config import MEL_INVERSION_HEAD
+    from .loaders import load_model
+
+    check_new_output(output, inputs=[source], force=force, suffixes=(".safetensors",), what="model file")
+    model = load_model(MelTok, source).with_vocoder_head(MEL_INVERSION_HEAD)
+    model_id = model.save(output)
+    click.echo(f"wrote {output} ({model_id}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
+               "export it with meltok-export)")
+
+
 @main.command()
 @click.argument("audio", type=click.Path(allow_dash=True))
 @model_option

@@ -67,3 +67,24 @@ def tiny_local_bundle(tmp_path_factory, tiny_local_model):
     out = tmp_path_factory.mktemp("bundles") / "tiny-local"
     export_bundle(tiny_local_model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
     return tiny_local_model, out
+
+
+@pytest.fixture(scope="session")
+def tiny_mel_inversion(tmp_path_factory):
+    """``(model, model file, bundle folder)``: the seeded tiny preset (codebook spread: normal, std 0.5) turned
+    into a ``mel_inversion`` model (its decoder's log-mel -> ``MelInverter``), saved, and exported to an fp32
+    bundle by ``export_bundle`` (graphs verified against torch)."""
+    import torch
+
+    from meltok import MelTok
+    from meltok_export.bundle import export_bundle
+
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny")
+    torch.nn.init.normal_(model.quantizer.embedding.weight, 0, 0.5)
+    model = model.with_vocoder_head("mel_inversion")
+    path = tmp_path_factory.mktemp("models") / "tiny-mel-inversion.safetensors"
+    model.save(path)  # sets its model id
+    out = tmp_path_factory.mktemp("bundles") / "tiny-mel-inversion"
+    export_bundle(model, out, verify_seconds=1.0, max_seconds=12.0, opt_seconds=4.0, max_batch=4)
+    return model, path, out

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PRESETS, VOCODER_HEADS
+from ..config import MEL_INVERSION_HEAD, PRESETS, VOCODER_HEADS
 from ..errors import TrainConfigError
 
 TRAIN_CONFIG_VERSION = 1
@@ -156,6 +156,8 @@ class Stage2Config:
                    self.head_if_weight, self.head_gd_weight) >= 0, "stage2 loss weights must be >= 0")
         _check(self.head is None or self.head in VOCODER_HEADS,
                f"stage2.head must be one of {list(VOCODER_HEADS)} (or none: keep the model's), got {self.head!r}")
+        _check(self.head != MEL_INVERSION_HEAD, f"stage2.head={MEL_INVERSION_HEAD} has no weights to train; build "
+               f"that model from a stage-1 run with `meltok model mel-inversion RUN -o MODEL.safetensors`")
         _check(self.gain_db_min <= 0, f"stage2.gain_db_min must be <= 0 dB (0 = off), got {self.gain_db_min}")
         _check(len(self.mpd_periods) >= 1 and all(p >= 1 for p in self.mpd_periods),
                f"stage2.mpd_periods must be periods >= 1, got {self.mpd_periods}")

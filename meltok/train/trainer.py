@@ -36,7 +36,7 @@ from meltok_runtime.errors import MeltokError
 
 from ..codec import MelTok
 from ..config import PRESETS, MelTokConfig, resolve_config
-from ..errors import TrainingError
+from ..errors import TrainConfigError, TrainingError
 from ..loaders import load_model
 from . import distributed
 from .codebook import CodebookMonitor, token_stats
@@ -181,6 +181,9 @@ class Trainer:
         if config.stage == "stage2" and config.stage2.head not in (None, model.config.vocoder.head):
             log.info("vocoder head %r -> %r", model.config.vocoder.head, config.stage2.head)
             model = model.with_vocoder_head(config.stage2.head)
+        if config.stage == "stage2" and model.mel_inverter is not None:
+            raise TrainConfigError(f"{model.config.name} decodes with the mel inversion and has no vocoder weights: stage 2 "
+                              "has nothing to train; pass --init a model with a neural vocoder head")
         return model
 
     def _validation_crops(self) -> np.ndarray | None:
