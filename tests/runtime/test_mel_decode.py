@@ -195,3 +195,20 @@ def test_decode_stream_command_is_the_stream(tiny_mel_inversion, mel_codec, mel_
     stream = mel_codec.stream_decoder()
     expected = np.concatenate([stream.push(mel_tokens[0]), stream.flush()])[:44100]
     np.testing.assert_array_equal(np.frombuffer(streamed.stdout_bytes, dtype="<f4"), expected)
+
+
+def test_server_decodes_and_streams_like_the_codec(tiny_mel_inversion, mel_codec, mel_tokens):
+    """``meltok-rt serve`` on the bundle: offline decoding batches the log-mel graph and inverts after the
+    batcher; the stream session carries the running phase as the stream API does."""
+    from meltok_runtime.serve.client import Client
+
+    from .serve_helpers import running_server
+
+    with running_server(bundle=str(tiny_mel_inversion[2])) as (url, _):
+        with Client(url) as client:
+            decoded = client.decode(mel_tokens[0], 44100)
+            streamed = client.stream_decode(mel_tokens[0], columns_per_message=3)
+    np.testing.assert_array_equal(decoded, mel_codec.decode(mel_tokens, 44100)[0])
+    stream = mel_codec.stream_decoder()
+    expected = np.concatenate([stream.push(mel_tokens[0]), stream.flush()])
+    np.testing.assert_array_equal(streamed, expected)
