@@ -151,15 +151,11 @@ class MelInversionHead(nn.Module):
             n_mels=frontend.n_mels, f_min=frontend.f_min, f_max=frontend.f_max, log_floor=frontend.log_floor)
         self.inverter = MelInverter(**self.settings)
 
-    def forward(self, log_mel: torch.Tensor, initial_phase=None) -> torch.Tensor:
-        return self.forward_with_state(log_mel, initial_phase)[0]
-
-    def forward_with_state(self, log_mel: torch.Tensor, initial_phase=None):
-        """``(audio [B, (T - 1) * hop] float32, running phase after the last frame [B, F] float64 numpy)``;
-        ``initial_phase``: the running phase before frame 0 (None: zeros, the start of a stream)."""
-        state = None if initial_phase is None else np.asarray(initial_phase, dtype=np.float64)
-        audio, running = self.inverter(log_mel.detach().float().cpu().numpy(), state)
-        return torch.from_numpy(audio).to(log_mel.device), running[..., -1]
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """From the start of a stream (zero running phase); windows and streams carry the phase through the
+        pipeline instead (``meltok_runtime.mel_decode``)."""
+        audio, _ = self.inverter(log_mel.detach().float().cpu().numpy())
+        return torch.from_numpy(audio).to(log_mel.device)
 
 
 HEADS = {"istft": ISTFTHead, "phase_advance": PhaseAdvanceHead}

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from meltok_runtime.errors import BundleError
-from meltok_runtime.mel_inversion import MelInverter
+from meltok_runtime.mel_inversion import NNLS_ITERATIONS, MelInverter
 
 DECODER_OUTPUTS = ("audio", "log_mel")  # what a decoder graph gives (the manifest's ``decoder_output``)
 INVERTER_PARAMETERS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor",
@@ -27,12 +27,9 @@ def inverter_parameters(*, sample_rate: int, n_fft: int, hop_length: int, n_mels
                         log_floor: float, nnls_iterations: int | None = None) -> dict:
     """The parameters a manifest records (``mel_inversion``): the front end's, and the NNLS iterations
     (default: ``MelInverter``'s)."""
-    if nnls_iterations is None:
-        nnls_iterations = MelInverter(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                      f_min=f_min, f_max=f_max, log_floor=log_floor).nnls_iterations
     return {"sample_rate": int(sample_rate), "n_fft": int(n_fft), "hop_length": int(hop_length),
             "n_mels": int(n_mels), "f_min": float(f_min), "f_max": float(f_max), "log_floor": float(log_floor),
-            "nnls_iterations": int(nnls_iterations)}
+            "nnls_iterations": int(NNLS_ITERATIONS if nnls_iterations is None else nnls_iterations)}
 
 
 def check_inverter_parameters(parameters, source: str = "manifest") -> None:
