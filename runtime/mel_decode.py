@@ -16,20 +16,22 @@ from typing import Callable
 import numpy as np
 
 from meltok_runtime.errors import BundleError
-from meltok_runtime.mel_inversion import NNLS_ITERATIONS, MelInverter
+from meltok_runtime.mel_inversion import CONSISTENCY_ITERATIONS, NNLS_ITERATIONS, MelInverter
 
 DECODER_OUTPUTS = ("audio", "log_mel")  # what a decoder graph gives (the manifest's ``decoder_output``)
 INVERTER_PARAMETERS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log_floor",
-                       "nnls_iterations")
+                       "nnls_iterations", "consistency_iterations")
+_MAY_BE_ZERO = ("f_min", "consistency_iterations")
 
 
 def inverter_parameters(*, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float, f_max: float,
-                        log_floor: float, nnls_iterations: int | None = None) -> dict:
-    """The parameters a manifest records (``mel_inversion``): the front end's, and the NNLS iterations
+                        log_floor: float, nnls_iterations: int = NNLS_ITERATIONS,
+                        consistency_iterations: int = CONSISTENCY_ITERATIONS) -> dict:
+    """The parameters a manifest records (``mel_inversion``): the front end's, and the iterations
     (default: ``MelInverter``'s)."""
     return {"sample_rate": int(sample_rate), "n_fft": int(n_fft), "hop_length": int(hop_length),
             "n_mels": int(n_mels), "f_min": float(f_min), "f_max": float(f_max), "log_floor": float(log_floor),
-            "nnls_iterations": int(NNLS_ITERATIONS if nnls_iterations is None else nnls_iterations)}
+            "nnls_iterations": int(nnls_iterations), "consistency_iterations": int(consistency_iterations)}
 
 
 def check_inverter_parameters(parameters, source: str = "manifest") -> None:
@@ -42,7 +44,7 @@ def check_inverter_parameters(parameters, source: str = "manifest") -> None:
     for key, value in parameters.items():
         whole = key not in ("f_min", "f_max", "log_floor")
         number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value < 0 or (value == 0 and key not in ("f_min",)):
+        if not number or not math.isfinite(value) or value < 0 or (value == 0 and key not in _MAY_BE_ZERO):
             raise BundleError(f"{source}'s mel_inversion has {key} = {value!r}; expected a "
                               f"{'positive whole' if whole else 'non-negative'} number: re-export the bundle")
 

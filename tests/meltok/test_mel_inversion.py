@@ -147,7 +147,6 @@ def test_command_line_makes_a_model_that_encodes_and_decodes(model_path, tmp_pat
     np.testing.assert_array_equal(written, model.decode(token_file.tokens, token_file.num_samples[0])[0])
 
 
-@pytest.mark.slow  # the spectrograms' sine sweep through the inverter: 85 s on one shared core
 def test_eval_and_spectrograms_run_the_model(model_path, tmp_path, real_clips):
     import soundfile as sf
 

@@ -49,27 +49,31 @@ def column_tokens(columns: int) -> np.ndarray:
 
 def test_carried_state_continues_the_running_phase(music_mel):
     """Frames ``s..`` decoded from ``running[..., s - 1]`` continue the decode of the whole mel: the running
-    phase and the audio away from the piece's edges equal the whole decode's (to the inverter's round-off:
-    its NNLS starts from a floor set by the input's largest value), while starting from zeros does not."""
+    phase equals the whole decode's (float64 round-off), and so does the audio away from the piece's edges
+    where no Griffin-Lim iteration runs within the piece (``consistency_iterations=0``); starting from
+    zeros gives other audio."""
     inverter = MelInverter()
-    audio, running = inverter(music_mel)
+    _, running = inverter(music_mel)
     s = 100
-    piece, piece_running = inverter(music_mel[..., s:], running[..., s - 1])
-    np.testing.assert_allclose(piece_running, running[..., s:], rtol=0, atol=1e-5)
+    _, piece_running = inverter(music_mel[..., s:], running[..., s - 1])
+    assert np.abs(np.angle(np.exp(1j * (piece_running - running[..., s:])))).max() < 1e-8  # float64 round-off
+    vocoder_only = MelInverter(consistency_iterations=0)
+    audio, running = vocoder_only(music_mel)
+    piece, _ = vocoder_only(music_mel[..., s:], running[..., s - 1])
     inner = slice(4 * HOP, piece.shape[-1] - 4 * HOP)  # the ISTFT of the piece lacks the frames before s
     whole = audio[:, s * HOP:][:, inner]
-    np.testing.assert_allclose(piece[:, inner], whole, rtol=0, atol=1e-5 * np.abs(audio).max())
-    fresh, _ = inverter(music_mel[..., s:])
+    np.testing.assert_allclose(piece[:, inner], whole, rtol=0, atol=1e-6 * np.abs(audio).max())
+    fresh, _ = vocoder_only(music_mel[..., s:])
     assert np.abs(fresh[:, inner] - whole).max() > 0.1 * np.abs(whole).max()
 
 
-def test_windowed_decoding_carries_the_phase_to_equal_the_whole_decode(music_mel):
+@pytest.mark.parametrize("consistency, tolerance", [(None, 1e-3), (0, 1e-6)])
+def test_windowed_decoding_carries_the_phase_to_equal_the_whole_decode(music_mel, consistency, tolerance):
     """Windows of a time-local log-mel graph, the running phase carried window to window and cross-faded as
-    ever, give the whole mel's inversion; without the carried state the joins break. Not bit for bit: the
-    inverter's NNLS starts from a floor of ``1e-6`` times the largest value of its input, which differs per
-    window (6 s of this music, 40-column windows: 3.6e-4 of the peak; with a per-frame floor
-    the two agree to 3e-8)."""
-    inverter = MelInverter()
+    ever, give the whole mel's inversion; without the carried state the joins break. The inverter's
+    Griffin-Lim iterations run within each window, so its edges differ from the whole decode's, which
+    context and cross-fade hide (measured here: 1e-4 of the peak; 3e-8 without the iterations)."""
+    inverter = MelInverter() if consistency is None else MelInverter(consistency_iterations=consistency)
     columns = music_mel.shape[-1] // C
     whole, _ = inverter(music_mel)
     decode = MelDecode(column_graph(music_mel), inverter, C)
@@ -77,7 +81,7 @@ def test_windowed_decoding_carries_the_phase_to_equal_the_whole_decode(music_mel
                                compression=C)
     peak = np.abs(whole).max()
     assert windowed.shape == whole.shape
-    np.testing.assert_allclose(windowed, whole, rtol=0, atol=1e-3 * peak)
+    np.testing.assert_allclose(windowed, whole, rtol=0, atol=tolerance * peak)
 
     def stateless(tokens):
         return inverter(column_graph(music_mel)(tokens))[0]
