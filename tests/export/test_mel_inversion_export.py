@@ -15,6 +15,7 @@ from meltok_export.cli import main as export_main
 from meltok_export.errors import ExportOptionError
 from meltok_export.islands import float32_islands
 from meltok_export.op_support import check_tensorrt_ops
+from meltok_export.verify import verify_bundle
 from meltok_runtime import Codec
 from meltok_runtime.manifest import load_manifest
 
@@ -35,6 +36,8 @@ def test_decoder_graph_is_tokens_to_log_mel_and_verified(tiny_mel_inversion):
     assert {prop.key: prop.value for prop in graph.metadata_props}["meltok.decoder_output"] == "log_mel"
     assert {node.op_type for node in float32_islands(graph, "decoder")["mel-out"]} >= {"Mul", "Clip"}
     assert set(manifest.float32_nodes["decoder"]) >= {node.name for node in float32_islands(graph, "decoder")["mel-out"]}
+    report = verify_bundle(bundle, model, max_seconds=1.0)  # `meltok-export verify` reruns it
+    assert report["passed"] and report["mel_max_error"] < 1e-3
 
 
 def test_runtime_decodes_real_audio_as_torch_does(tiny_mel_inversion, real_clips):
