@@ -162,10 +162,24 @@ def draft_manifest(model, graphs: dict, *, limits: dict | None = None, opset: in
                     mel_inversion=dict(model.head.settings) if decoder_output(model) == "log_mel" else {})
 
 
+def accepted_token_models(model, others) -> list[str]:
+    """The model ids of ``others`` (``MelTok``), each with ``model``'s tokenizer; ExportOptionError naming the
+    first that differs."""
+    accepted = []
+    for other in others:
+        difference = model.tokenizer_difference(other)
+        if difference is not None:
+            raise ExportOptionError(f"--tokens-of {other.model_id}: {difference}, so its tokens are not this model's; "
+                                    "name only models with the same front end, encoder, quant_conv and codebook")
+        if other.model_id != model.model_id and other.model_id not in accepted:
+            accepted.append(other.model_id)
+    return accepted
+
+
 def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", max_seconds: float | None = None,
                   opt_seconds: float | None = None, max_batch: int = 16, opset: int = OPSET,
                   verify_seconds: float = 6.0, timing_cache=None, version_compatible: bool = False,
-                  stream_profile: bool = False, force: bool = False) -> Manifest:
+                  stream_profile: bool = False, tokens_of=(), force: bool = False) -> Manifest:
     """Export ``model`` (a ``meltok.MelTok``) to the bundle folder ``out``; returns its manifest.
 
     ``engine="trt"`` also builds TensorRT engines (fails fast with MissingDependencyError where TensorRT's
@@ -176,7 +190,9 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
     runtime. Every bundle also holds its verification clip with ONNX Runtime CPU's tokens
     (``verification.npz``) and the equivalent ``trtexec``/``polygraphy`` lines (``tensorrt-commands.json``).
     ``precision="int8"``: ONNX Runtime CPU graphs, quantized
-    from the float32 ones (``meltok_export.quantize``). ``force`` replaces a previous bundle at ``out``.
+    from the float32 ones (``meltok_export.quantize``). ``tokens_of``: other models (``MelTok``) whose token
+    files the bundle decodes, each checked to have the same tokenizer (``MelTok.tokenizer_difference``;
+    ExportOptionError otherwise) and recorded in ``accepts_tokens_of``. ``force`` replaces a previous bundle at ``out``.
     Raises VerificationError (a BundleError) when the graphs or engines do not reproduce the model;
     nothing is left behind then.
     """
@@ -191,6 +207,7 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
                                 "use --precision fp32 or fp16")
     if (version_compatible or stream_profile) and engine != "trt":
         raise ExportOptionError("--version-compatible and --stream-profile apply to TensorRT engines: add --engine trt")
+    accepted = accepted_token_models(model, tokens_of)
     out = check_destination(out, force=force)
     if engine == "trt":
         require_builder()
@@ -225,7 +242,7 @@ def export_bundle(model, out, *, engine: str = "onnx", precision: str = "fp32", 
         if quantization is not None:
             tolerances["tensorrt_ops"] = quantization.pop("tensorrt_ops")
             tolerances["int8"] = quantization
-        manifest = dataclasses.replace(manifest, tolerances=tolerances)
+        manifest = dataclasses.replace(manifest, tolerances=tolerances, accepts_tokens_of=accepted)
         manifest.write(folder)
     log.info("wrote bundle %s", out)
     return manifest

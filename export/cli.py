@@ -67,10 +67,13 @@ def _load_model(path):
               help="fp16: float16 convolution trunk with float32 islands (log-mel, VQ, ISTFT head); int8: the trunk "
                    "quantized for ONNX Runtime on the CPU (calibrated on real audio), the same float32 islands.")
 @engine_build_options
+@click.option("--tokens-of", "tokens_of", multiple=True, type=click.Path(dir_okay=False), metavar="MODEL",
+              help="Also decode the token files of MODEL (a model file with the same front end, encoder, quant_conv "
+                   "and codebook: checked), e.g. an earlier default whose decoder this model replaces. Repeatable.")
 @click.option("-y", "--force", is_flag=True, help="Replace a previous bundle at BUNDLE.")
 @user_errors
 def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_batch, version_compatible,
-           stream_profile, timing_cache, force):
+           stream_profile, timing_cache, tokens_of, force):
     """Export MODEL (a meltok model file) to the bundle folder BUNDLE, verified against the model."""
     _require_export_extra()
     from .bundle import check_destination, export_bundle
@@ -83,7 +86,8 @@ def export(model_path, output, engine, precision, max_seconds, opt_seconds, max_
     model = _load_model(model_path)
     manifest = export_bundle(model, output, engine=engine, precision=precision, max_seconds=max_seconds,
                              opt_seconds=opt_seconds, max_batch=max_batch, version_compatible=version_compatible,
-                             stream_profile=stream_profile, timing_cache=timing_cache, force=force)
+                             stream_profile=stream_profile, timing_cache=timing_cache,
+                             tokens_of=[_load_model(path) for path in tokens_of], force=force)
     figures = manifest.tolerances["onnxruntime"]
     click.echo(f"wrote {output}: {manifest.model_id}, {precision}, "
                f"{'ONNX + TensorRT engines' if manifest.engines else 'ONNX'}; token agreement "

@@ -20,6 +20,9 @@ from .tokenizer import Decoder2d, Encoder2d
 from .vocoder import MelInversionHead, build_backbone, build_head
 
 
+TOKENIZER_PARTS = ("encoder.", "quant_conv.", "quantizer.")  # the weights tokens depend on
+
+
 class MelTok(CodecPipeline, nn.Module):
     """Mel front end, 2D tokenizer encoder + VQ, and the token vocoder.
 
@@ -141,6 +144,19 @@ class MelTok(CodecPipeline, nn.Module):
         audio = self._decode_numpy(_to_numpy(tokens), num_samples, sample_rate=sample_rate, windows=windows,
                                    progress=progress)
         return audio if not isinstance(tokens, torch.Tensor) else torch.from_numpy(audio).to(tokens.device)
+
+    def tokenizer_difference(self, other: "MelTok") -> str | None:
+        """Why ``other`` could give other tokens for the same audio (front end, tokenizer settings, encoder,
+        quant_conv or codebook differ), or None: then each decodes the other's token files."""
+        if self.config.frontend != other.config.frontend:
+            return "their front ends differ"
+        if self.config.tokenizer != other.config.tokenizer:
+            return "their tokenizer settings differ"
+        ours, theirs = self.state_dict(), other.state_dict()
+        for name in sorted(key for key in ours if key.startswith(TOKENIZER_PARTS)):
+            if not torch.equal(ours[name].cpu(), theirs[name].cpu()):
+                return f"their {name} differs"
+        return None
 
     @property
     def stream_contract(self) -> dict:

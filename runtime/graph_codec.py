@@ -96,6 +96,11 @@ class GraphCodec(CodecPipeline):
         return self.manifest.model_id
 
     @property
+    def accepts_tokens_of(self) -> tuple[str, ...]:
+        """Its own model id and the manifest's ``accepts_tokens_of`` (same tokenizer, checked at export)."""
+        return (self.manifest.model_id, *self.manifest.accepts_tokens_of)
+
+    @property
     def token_rate(self) -> float:
         """Tokens per second, all rows."""
         return self.manifest.token_rate

@@ -113,6 +113,9 @@ class Manifest:
     decoder_output: str = "audio"
     # "log_mel" decoders: the MelInverter's parameters (``mel_decode.INVERTER_PARAMETERS``); {} otherwise
     mel_inversion: dict = field(default_factory=dict)
+    # ids of other models whose token files this bundle decodes: the same front end, encoder, quant_conv and
+    # codebook, so the same tokens (checked at export: ``meltok-export --tokens-of``); e.g. an earlier default
+    accepts_tokens_of: list = field(default_factory=list)
 
     def __post_init__(self):
         graphs = {name: GraphEntry(**g) if isinstance(g, dict) else g for name, g in self.graphs.items()}
@@ -167,6 +170,10 @@ class Manifest:
         if missing:
             raise BundleError(f"{source} lists no {' or '.join(missing)} graph; re-export the bundle")
         manifest.window_settings()  # refuses a bad ``windowing`` now, not at the first long input
+        if not (isinstance(manifest.accepts_tokens_of, list)
+                and all(isinstance(item, str) and item for item in manifest.accepts_tokens_of)):
+            raise BundleError(f"{source} has accepts_tokens_of {manifest.accepts_tokens_of!r}; expected a list of "
+                              "model ids: re-export the bundle")
         manifest.check_decoder_output(source)
         return manifest
 

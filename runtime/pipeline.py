@@ -61,6 +61,11 @@ class AudioCodec(Protocol):
     @property
     def model_id(self) -> str: ...  # identifies weights and architecture; recorded in token files
 
+    @property
+    def accepts_tokens_of(self) -> tuple[str, ...]:
+        """The model ids whose token files this codec decodes: its own, and models with the same tokenizer."""
+        return (self.model_id,)
+
     def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True, channels_last: bool = False,
                progress: Progress | None = None):
         """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` -> int64 tokens ``[B, rows, T']``."""

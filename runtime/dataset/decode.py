@@ -82,7 +82,7 @@ def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", thre
     stats = JobProgress(total, 0)
     summary = {"written": 0, "skipped": 0, "failures": []}
     with Codec.open(bundle, backend=backend, threads=threads) as codec:
-        if dataset.model_id not in (None, codec.model_id):
+        if dataset.model_id not in (None, *codec.accepts_tokens_of):
             raise ModelMismatchError(mismatch_message(f"dataset {str(dataset_path)!r}", dataset.model_id,
                                                       codec.model_id))
         output.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def detokenize(dataset_path, output, *, bundle=None, backend: str = "auto", thre
 
 def _decode_one(codec, item, target: Path, write_audio, original_rate: bool) -> float:
     """Decode one row to ``target`` (atomically); returns its duration in seconds."""
-    if item.model_id not in (None, codec.model_id):
+    if item.model_id not in (None, *codec.accepts_tokens_of):
         raise ModelMismatchError(mismatch_message(f"item {item.id!r}", item.model_id, codec.model_id))
     rate, length = codec.sample_rate, item.num_samples
     if original_rate and item.sample_rate and item.num_samples is not None:

@@ -84,7 +84,8 @@ def decode_file(codec: CodecPipeline, source, output, *, original_rate: bool = F
                                          token_file.source_num_samples or token_file.num_samples)]
     for target, length in zip(targets, longest):  # room for 4 bytes a sample (float, the largest subtype)
         check_new_output(target, inputs=[source], force=force, what="audio file", needed_bytes=4 * length)
-    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=source)
+    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=source,
+                     accepted=codec.accepts_tokens_of)
     rate, lengths = codec.sample_rate, token_file.num_samples
     if original_rate and token_file.source_sample_rate is None:
         log.warning("%s records no original sample rate (written by an older meltok); decoding at %d Hz",

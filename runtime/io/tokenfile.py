@@ -354,9 +354,11 @@ def _header_problem(header, version: int) -> str:
     return ""
 
 
-def check_token_file(token_file: TokenFile, *, model_id: str, sample_rate: int, source) -> None:
-    """Raise ModelMismatchError when ``token_file`` was made by another model or at another rate."""
-    if token_file.model_id and token_file.model_id != model_id:
+def check_token_file(token_file: TokenFile, *, model_id: str, sample_rate: int, source,
+                     accepted: tuple[str, ...] = ()) -> None:
+    """Raise ModelMismatchError when ``token_file`` was made by a model other than ``model_id`` (or one of
+    ``accepted``, models with the same tokenizer) or at another rate."""
+    if token_file.model_id and token_file.model_id not in (model_id, *accepted):
         raise ModelMismatchError(mismatch_message(source, token_file.model_id, model_id))
     if token_file.sample_rate != sample_rate:
         raise ModelMismatchError(f"{source} is at {token_file.sample_rate} Hz but the model works at "

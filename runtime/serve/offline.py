@@ -84,7 +84,8 @@ def read_body_tokens(body: bytes, content_type: str, codec: CodecPipeline) -> To
         token_file = _token_file_from_json(body, codec)
     else:
         token_file = tokens_from_bytes(body, name="the request body")
-    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source="the request body")
+    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source="the request body",
+                     accepted=codec.accepts_tokens_of)
     if token_file.tokens.shape[0] != 1:
         raise RequestError(f"the token file holds {token_file.tokens.shape[0]} items; /v1/decode takes one item per "
                            "request", 422)

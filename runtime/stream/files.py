@@ -81,7 +81,8 @@ def decode_to_stream(codec: CodecPipeline, source, sink: BinaryIO, *, output_for
     ``sink`` as it comes, at the model's rate or (``original_rate``) the one recorded in the file;
     ``progress(columns pushed, columns)`` after each push. Returns the token file and the rate written."""
     token_file = read_tokens(source)
-    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=source)
+    check_token_file(token_file, model_id=codec.model_id, sample_rate=codec.sample_rate, source=source,
+                     accepted=codec.accepts_tokens_of)
     if token_file.tokens.shape[0] != 1:
         raise TokenInputError(f"--stream decodes one item; {token_file.tokens.shape[0]} are in {source}: decode "
                               "it without --stream")

@@ -109,3 +109,41 @@ def test_triton_python_model_decodes_like_the_codec(tiny_mel_inversion, real_cli
     got = {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
     np.testing.assert_array_equal(got["decoded_audio"], expected)
     served.finalize()
+
+
+def test_a_bundle_decodes_the_tokens_of_models_with_its_tokenizer(tiny_mel_inversion, tmp_path, real_clips):
+    """``meltok-export --tokens-of``: a model with the same tokenizer (the neural-vocoder model this mel model
+    came from) is checked and recorded; its token files then decode with the new bundle, through the CLI; a
+    model whose encoder differs is refused before anything is written."""
+    from meltok import MelTok
+    from meltok_runtime.cli.main import main as runtime_main
+    from meltok_runtime.io.tokenfile import write_tokens
+
+    torch.manual_seed(0)  # the fixture's seed: the same tiny weights, with its neural vocoder
+    source = MelTok.from_config("tiny")
+    torch.nn.init.normal_(source.quantizer.embedding.weight, 0, 0.5)
+    source_file = tmp_path / "source.safetensors"
+    source.save(source_file)
+    model, model_file, _ = tiny_mel_inversion
+    assert model.tokenizer_difference(source) is None and source.model_id != model.model_id
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(export_main, ["export", str(model_file), "-o", str(out), "--tokens-of", str(source_file)])
+    assert result.exit_code == 0, result.output
+    assert load_manifest(out).accepts_tokens_of == [source.model_id]
+    tokens = source.encode(real_clips["speech"][:44100])
+    write_tokens(tmp_path / "old.mtok", tokens, sample_rate=44100, num_samples=44100, model_id=source.model_id,
+                 codebook_size=source.codebook_size)
+    result = CliRunner().invoke(runtime_main, ["decode", str(tmp_path / "old.mtok"), "-b", str(out),
+                                               "-o", str(tmp_path / "old.wav")])
+    assert result.exit_code == 0, result.output
+    with Codec.open(out, backend="ort-cpu", threads=1) as codec:
+        expected = codec.decode(tokens, num_samples=44100)[0]
+    import soundfile as sf
+    assert np.allclose(sf.read(tmp_path / "old.wav", dtype="float32")[0], expected, atol=1e-6)
+
+    other = MelTok.from_config("tiny")  # another seed: another encoder
+    other_file = tmp_path / "other.safetensors"
+    other.save(other_file)
+    with pytest.raises(ExportOptionError, match=r"--tokens-of .*their (encoder|quant_conv|quantizer)\..* differs"):
+        export_bundle(model, tmp_path / "refused", tokens_of=[MelTok.load(other_file)])
+    assert not (tmp_path / "refused").exists()

@@ -20,6 +20,14 @@ def test_format_version_outside_the_known_range_is_refused(bundle_copy, version,
         Codec.open(bundle_copy, backend="ort-cpu")
 
 
+@pytest.mark.parametrize("value", ["meltok-edge:e219538591c9", [""], [3]])
+def test_accepts_tokens_of_must_be_a_list_of_model_ids(bundle_copy, value):
+    path = bundle_copy / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "accepts_tokens_of": value}))
+    with pytest.raises(BundleError, match="accepts_tokens_of .* expected a list of model ids"):
+        Codec.open(bundle_copy, backend="ort-cpu")
+
+
 @pytest.fixture
 def hashed(monkeypatch):
     """The number of graph hashes: the manifest's file hashes and the ONNX Runtime backend's byte hashes."""
