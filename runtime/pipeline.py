@@ -61,11 +61,6 @@ class AudioCodec(Protocol):
     @property
     def model_id(self) -> str: ...  # identifies weights and architecture; recorded in token files
 
-    @property
-    def accepts_tokens_of(self) -> tuple[str, ...]:
-        """The model ids whose token files this codec decodes: its own, and models with the same tokenizer."""
-        return (self.model_id,)
-
     def encode(self, audio, sample_rate: int = 44100, *, pad: bool = True, channels_last: bool = False,
                progress: Progress | None = None):
         """Audio ``[N]``, ``[B, N]`` or ``[B, C, N]`` -> int64 tokens ``[B, rows, T']``."""
@@ -95,6 +90,11 @@ class CodecPipeline:
     def decoded_length(self, num_columns: int) -> int:
         """Samples that ``decode`` returns for ``num_columns`` token columns (no ``num_samples``)."""
         return decoded_length(num_columns, self.hop_length, self.compression)
+
+    @property
+    def accepts_tokens_of(self) -> tuple[str, ...]:
+        """The model ids whose token files this codec decodes: its own (a bundle adds models with its tokenizer)."""
+        return (self.model_id,)
 
     # ------------------------------------------------------------------ windows
     def window_limit(self) -> int | None:
