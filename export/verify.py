@@ -128,19 +128,25 @@ def compare_audio(model, audio: np.ndarray, reference: np.ndarray, *, mel_distan
     also the multi-scale mel distance (the worst batch item; None without)."""
     if audio.shape != reference.shape:
         raise VerificationError(f"audio has shape {list(audio.shape)}, the model gives {list(reference.shape)}")
-    error = audio.astype(np.float64) - reference
-    peak = max(1.0, float(np.abs(reference).max()))
-    snr = 10.0 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30)
-                          / max(float(np.sum(error ** 2)), 1e-30))
+    max_error, snr = _array_error(audio, reference)
     mel_error = np.abs(_log_mel(model, audio) - _log_mel(model, reference))
     distance = None
     if mel_distance:
         from meltok.metrics import mel_distance as multiscale
 
         distance = max(multiscale(ref, out, sample_rate=model.sample_rate) for ref, out in zip(reference, audio))
-    return {"waveform_max_error": float(np.abs(error).max()) / peak, "waveform_snr_db": float(snr),
+    return {"waveform_max_error": max_error, "waveform_snr_db": snr,
             "mel_mean_error": float(mel_error.mean()), "mel_max_error": float(mel_error.max()),
             "mel_distance": None if distance is None else float(distance)}
+
+
+def _array_error(estimate: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(largest absolute error relative to ``max(1, peak of reference)``, SNR in dB) of two equal-shape arrays."""
+    error = estimate.astype(np.float64) - reference
+    peak = max(1.0, float(np.abs(reference).max()))
+    snr = 10.0 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30)
+                          / max(float(np.sum(error ** 2)), 1e-30))
+    return float(np.abs(error).max()) / peak, float(snr)
 
 
 def compare_log_mel(model, log_mel: np.ndarray, reference: np.ndarray, *, mel_distance: bool = False) -> dict:
@@ -149,18 +155,16 @@ def compare_log_mel(model, log_mel: np.ndarray, reference: np.ndarray, *, mel_di
     multi-scale mel distance of their ``MelInverter`` audio."""
     if log_mel.shape != reference.shape:
         raise VerificationError(f"the log-mel has shape {list(log_mel.shape)}, the model gives {list(reference.shape)}")
-    error = log_mel.astype(np.float64) - reference
-    peak = max(1.0, float(np.abs(reference).max()))
-    snr = 10.0 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-30)
-                          / max(float(np.sum(error ** 2)), 1e-30))
+    max_error, snr = _array_error(log_mel, reference)
+    mel_error = np.abs(log_mel.astype(np.float64) - reference)
     distance = None
     if mel_distance:
         from meltok.metrics import mel_distance as multiscale
 
         audio, expected = model.mel_inverter(log_mel)[0], model.mel_inverter(reference)[0]
         distance = max(multiscale(ref, out, sample_rate=model.sample_rate) for ref, out in zip(expected, audio))
-    return {"waveform_max_error": float(np.abs(error).max()) / peak, "waveform_snr_db": float(snr),
-            "mel_mean_error": float(np.abs(error).mean()), "mel_max_error": float(np.abs(error).max()),
+    return {"waveform_max_error": max_error, "waveform_snr_db": snr,
+            "mel_mean_error": float(mel_error.mean()), "mel_max_error": float(mel_error.max()),
             "mel_distance": None if distance is None else float(distance)}
 
 
