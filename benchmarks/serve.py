@@ -19,7 +19,9 @@ first message to the first audio), ``added`` (streams: p99 of the time from send
 completes the stream's first window to its first audio: what the server and the compute add to the
 algorithmic latency), ``lag`` (streams: p99 of the time from the last column sent to the last audio,
 the stream's algorithmic tail included: a stream that does not keep up falls behind and its lag grows
-with its length), ``x rt`` (audio seconds processed / wall seconds, all clients together), ``errors``.
+with its length), ``x rt`` (audio seconds processed / wall seconds, all clients together), ``cpu`` (CPU
+milliseconds per second of audio: the server process's and the clients', or the in-process work's; less
+noisy than wall time on a shared machine), ``client`` (the clients' part of it), ``errors``.
 
     python -m benchmarks.serve --clients 1,4,8 --seconds 5 --requests 2 --threads 2 --rounds 2
 """
@@ -63,12 +65,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(max_batch: int, threads: int, max_wait_ms: float, stream_settings: tuple = ()
+def start_server(max_batch: int, threads: int, max_wait_ms: float, options: tuple = ()
                  ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [str(Path(sys.executable).with_name("meltok-rt")), "serve", "--port", str(port), "--backend", "ort-cpu",
                "--threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-               *stream_settings]
+               *options]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -85,8 +87,14 @@ def start_server(max_batch: int, threads: int, max_wait_ms: float, stream_settin
     raise TimeoutError("the server did not become ready in 120 s")
 
 
-def summarise(latencies: list, firsts: list, audio_seconds: float, wall: float, errors: int, added=(), lags=()
-              ) -> dict:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarise(latencies: list, firsts: list, audio_seconds: float, wall: float, errors: int, added=(), lags=(),
+              cpu: float = 0.0, client_cpu: float = 0.0) -> dict:
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
 
     def p99(values):
@@ -94,10 +102,12 @@ def summarise(latencies: list, firsts: list, audio_seconds: float, wall: float, 
 
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "first_ms": float(np.median(firsts) * 1000) if firsts else None, "added_p99_ms": p99(added),
-            "lag_p99_ms": p99(lags), "x_realtime": audio_seconds / wall if wall else 0.0, "errors": errors}
+            "lag_p99_ms": p99(lags), "x_realtime": audio_seconds / wall if wall else 0.0, "errors": errors,
+            "cpu_ms_per_s": 1000 * cpu / audio_seconds, "client_cpu_ms_per_s": 1000 * client_cpu / audio_seconds}
 
 
-async def drive(url: str, op: str, clips: list, tokens: list, requests: int, first_columns: int = 0) -> dict:
+async def drive(url: str, op: str, clips: list, tokens: list, requests: int, first_columns: int = 0,
+                server_pid: int | None = None) -> dict:
     """Every client does ``requests`` operations one after the other; all clients at once. Streams: the
     first audio needs ``first_columns`` columns (the stream's first window)."""
     from meltok_runtime.serve.client import AsyncClient
@@ -133,10 +143,13 @@ async def drive(url: str, op: str, clips: list, tokens: list, requests: int, fir
                     added.append(first[0] - completed)
                     lags.append(last[0] - sent[-1][1])
 
-    started = time.monotonic()
+    started, client_cpu = time.monotonic(), time.process_time()
+    server_cpu = process_cpu_seconds(server_pid) if server_pid else 0.0
     await asyncio.gather(*(client_work(i) for i in range(len(clips))))
-    wall = time.monotonic() - started
-    return summarise(latencies, firsts, requests * sum(len(c) for c in clips) / RATE, wall, errors, added, lags)
+    wall, client_cpu = time.monotonic() - started, time.process_time() - client_cpu
+    server_cpu = (process_cpu_seconds(server_pid) if server_pid else 0.0) - server_cpu
+    return summarise(latencies, firsts, requests * sum(len(c) for c in clips) / RATE, wall, errors, added, lags,
+                     server_cpu + client_cpu, client_cpu)
 
 
 def in_process(codec, op: str, clips: list, tokens: list, requests: int) -> dict:
@@ -152,16 +165,16 @@ def in_process(codec, op: str, clips: list, tokens: list, requests: int) -> dict
                 codec.decode(tokens[index], num_samples=len(clips[index]))
             latencies.append(time.monotonic() - started)
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(len(clips)) as pool:
         list(pool.map(work, range(len(clips))))
-    wall = time.monotonic() - started
-    return summarise(latencies, [], requests * sum(len(c) for c in clips) / RATE, wall, 0)
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    return summarise(latencies, [], requests * sum(len(c) for c in clips) / RATE, wall, 0, cpu=cpu)
 
 
 def print_table(rows: list) -> None:
     header = (f"{'mode':8} {'op':7} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'first ms':>8} {'added':>6} "
-              f"{'lag':>6} {'x rt':>7} {'errors':>6}")
+              f"{'lag':>6} {'x rt':>7} {'cpu':>5} {'client':>6} {'errors':>6}")
     print(header)
     print("-" * len(header))
 
@@ -171,13 +184,15 @@ def print_table(rows: list) -> None:
     for row in rows:
         print(f"{row['mode']:8} {row['op']:7} {row['clients']:>7} {row['p50_ms']:>8.0f} {row['p99_ms']:>8.0f} "
               f"{ms(row['first_ms']):>8} {ms(row['added_p99_ms']):>6} {ms(row['lag_p99_ms']):>6} "
-              f"{row['x_realtime']:>7.2f} {row['errors']:>6}")
+              f"{row['x_realtime']:>7.2f} {row['cpu_ms_per_s']:>5.0f} {row['client_cpu_ms_per_s']:>6.0f} "
+              f"{row['errors']:>6}")
 
 
 def merge_rounds(results: list) -> dict:
     """One row from ``--rounds`` runs of the same cell: x rt the median, latencies the worst of the rounds'."""
-    merged = {"x_realtime": float(np.median([r["x_realtime"] for r in results])),
-              "errors": sum(r["errors"] for r in results), "rounds": results}
+    merged = {key: float(np.median([r[key] for r in results]))
+              for key in ("x_realtime", "cpu_ms_per_s", "client_cpu_ms_per_s")}
+    merged.update(errors=sum(r["errors"] for r in results), rounds=results)
     for key in ("p50_ms", "first_ms"):
         values = [r[key] for r in results if r[key] is not None]
         merged[key] = float(np.median(values)) if values else None
@@ -199,6 +214,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=1, help="Times each cell runs (modes interleaved).")
     parser.add_argument("--stream-context-seconds", type=float, default=None, help="The servers' stream context.")
     parser.add_argument("--stream-step-seconds", type=float, default=None, help="The servers' stream step.")
+    parser.add_argument("--concurrent-calls", type=int, default=None, help="The servers' --concurrent-calls.")
     parser.add_argument("--json", type=Path, default=None, help="Write the rows as JSON here.")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
@@ -208,7 +224,8 @@ def main(argv=None) -> dict:
 
     context = STREAM_CONTEXT_SECONDS if args.stream_context_seconds is None else args.stream_context_seconds
     step = STREAM_STEP_SECONDS if args.stream_step_seconds is None else args.stream_step_seconds
-    stream_settings = ("--stream-context-seconds", str(context), "--stream-step-seconds", str(step))
+    options = ("--stream-context-seconds", str(context), "--stream-step-seconds", str(step),
+               *(("--concurrent-calls", str(args.concurrent_calls)) if args.concurrent_calls else ()))
     clips = load_clips(max(counts), args.seconds)
     servers, rows = {}, []
     with Codec.open(backend="ort-cpu", threads=args.threads) as codec, contextlib.ExitStack() as stack:
@@ -218,10 +235,9 @@ def main(argv=None) -> dict:
         first_columns = stream.grid.at(0).stop
         for mode in modes:
             if mode != "inproc":
-                process, url = start_server(16 if mode == "batched" else 1, args.threads, args.max_wait_ms,
-                                            stream_settings)
+                process, url = start_server(16 if mode == "batched" else 1, args.threads, args.max_wait_ms, options)
                 stack.callback(lambda p=process: (p.terminate(), p.wait(60)))
-                servers[mode] = url
+                servers[mode] = url, process.pid
         for op in ops:
             for count in counts:
                 results = {mode: [] for mode in modes if not (mode == "inproc" and op == "stream")}
@@ -230,8 +246,9 @@ def main(argv=None) -> dict:
                         if mode == "inproc":
                             result = in_process(codec, op, clips[:count], tokens[:count], args.requests)
                         else:
-                            result = asyncio.run(drive(servers[mode], op, clips[:count], tokens[:count],
-                                                       args.requests, first_columns))
+                            url, pid = servers[mode]
+                            result = asyncio.run(drive(url, op, clips[:count], tokens[:count], args.requests,
+                                                       first_columns, pid))
                         results[mode].append(result)
                 for mode, runs in results.items():
                     rows.append({"mode": mode, "op": op, "clients": count, **merge_rounds(runs)})
