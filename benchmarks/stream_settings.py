@@ -19,7 +19,12 @@ for each ``C,S`` pair of ``--settings``, and reports per setting, over all clips
 - ``d mel``: the mean over clips of each clip's ``mel vs in`` minus its value with the first setting
   (today's default first), +- twice its standard error: the paired difference and its noise.
 
+With ``--encode``, stream encoding instead: each clip's audio through ``codec.stream_encoder`` with each
+setting, against offline ``encode``: ``tokens`` is the fraction of the stream's tokens equal to offline
+encoding's (mean over clips, and its lowest), ``factor`` the encoder window's columns per kept column.
+
     python -m benchmarks.stream_settings --clips '.data/eval/*/*-0[0-5].flac' --threads 2
+    python -m benchmarks.stream_settings --clips '.data/eval/*/*-0[0-5].flac' --settings 1.0:0.1,1.0:0.4,0.5:0.4 --encode
 """
 from __future__ import annotations
 
@@ -49,12 +54,41 @@ def stream_decode(codec, tokens: np.ndarray, context: float, step: float, lookah
     return audio, stream, time.perf_counter() - started, time.process_time() - cpu
 
 
+def encode_agreement(codec, paths: list, settings: list, lookahead: float) -> list:
+    """Per setting: the stream encoder's tokens against offline ``encode`` over ``paths`` (see the module docstring)."""
+    from meltok_runtime.io.audio import load_audio, prepare_audio
+
+    agreement = {setting: [] for setting in settings}
+    for path in paths:
+        audio, rate = load_audio(path)
+        original = prepare_audio(audio[None], rate, codec.sample_rate)[0][0]
+        offline = codec.encode(original)[0]
+        block = 3 * codec.column_samples
+        for context, step in settings:
+            stream = codec.stream_encoder(lookahead_seconds=lookahead, context_seconds=context, step_seconds=step)
+            parts = [stream.push(original[i:i + block]) for i in range(0, len(original), block)]
+            streamed = np.concatenate(parts + [stream.flush()], axis=1)
+            agreement[(context, step)].append((float((streamed == offline).mean()), stream.grid))
+    rows = []
+    print(f"# stream encoding, {len(paths)} clips, lookahead {lookahead} s: tokens equal to offline encoding's")
+    print(f"{'setting':>9} {'cols L/S/R':>10} {'factor':>6} {'tokens':>7} {'lowest':>7}")
+    for (context, step), items in agreement.items():
+        grid = items[0][1]
+        values = [value for value, _ in items]
+        rows.append({"setting": f"{context}:{step}", "columns": [grid.left, grid.step, grid.right],
+                     "factor": grid.window / grid.step, "tokens": float(np.mean(values)), "lowest": min(values)})
+        print(f"{rows[-1]['setting']:>9} {'/'.join(map(str, rows[-1]['columns'])):>10} {rows[-1]['factor']:>6.1f} "
+              f"{rows[-1]['tokens']:>7.1%} {rows[-1]['lowest']:>7.1%}")
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", required=True, help="Glob of audio files (quote it).")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="CONTEXT:STEP pairs in seconds, comma-separated.")
     parser.add_argument("--lookahead", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--encode", action="store_true", help="Measure stream encoding's token agreement instead.")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     from meltok.metrics import mel_distance
@@ -65,6 +99,9 @@ def main(argv=None) -> dict:
     if not paths:
         raise SystemExit(f"no file matches {args.clips!r}")
     settings = [tuple(float(x) for x in pair.split(":")) for pair in args.settings.split(",")]
+    if args.encode:
+        with Codec.open(backend="ort-cpu", threads=args.threads) as codec:
+            return {"rows": encode_agreement(codec, paths, settings, args.lookahead), "clips": paths}
     rows = {"offline": []}
     with Codec.open(backend="ort-cpu", threads=args.threads) as codec:
         codec.decode(codec.encode(np.zeros(codec.sample_rate, np.float32)))  # warm up

@@ -33,3 +33,14 @@ def test_stream_settings_benchmark_compares_settings_with_offline_decoding(real_
     assert rows["1.0:0.1"]["factor"] > 3 * rows["0.25:0.4"]["factor"]  # 28/2 against 18/9
     assert all(0 < row["snr"] < 60 for name, row in rows.items() if name != "offline")  # approximate, not exact
     assert rows["offline"]["mel_vs_offline"] == 0 and all(row["mel_vs_input"] > 0 for row in rows.values())
+
+
+def test_stream_settings_benchmark_measures_stream_encoding_agreement(real_clip_paths, capsys):
+    from benchmarks import stream_settings
+
+    report = stream_settings.main(["--clips", str(real_clip_paths["speech"]), "--settings", "1.0:0.1,0.5:0.4",
+                                   "--threads", "1", "--encode"])
+    rows = {row["setting"]: row for row in report["rows"]}
+    assert set(rows) == {"1.0:0.1", "0.5:0.4"} and rows["0.5:0.4"]["columns"][1] == 9
+    assert all(0.2 < row["tokens"] < 1 and row["lowest"] == row["tokens"] for row in rows.values())  # one clip
+    assert "tokens equal to offline" in capsys.readouterr().out
