@@ -24,7 +24,8 @@ setting, against offline ``encode``: ``tokens`` is the fraction of the stream's 
 encoding's (mean over clips, and its lowest), ``factor`` the encoder window's columns per kept column.
 
     python -m benchmarks.stream_settings --clips '.data/eval/*/*-0[0-5].flac' --threads 2
-    python -m benchmarks.stream_settings --clips '.data/eval/*/*-0[0-5].flac' --settings 1.0:0.1,1.0:0.4,0.5:0.4 --encode
+    python -m benchmarks.stream_settings --encode --settings 1.0:0.1,1.0:0.4,0.5:0.4 \\
+        --clips '.data/eval/*/*-0[0-5].flac'
 """
 from __future__ import annotations
 
