@@ -8,10 +8,10 @@ zero-padding changes an item's result, so only equal shapes share a graph call),
 ``max_batch`` rows in one call. Calls of other shapes wait for the next round, oldest first.
 ``workers`` threads do this at once, so up to ``workers`` graph calls run together: on a CPU a batch
 of B costs about B calls alone, and calls that run side by side use the cores better than one after
-the other (``workers=1``: one call at a time; ``max_batch=1, workers=1``: every call alone, in turn). Callers that register as users (``with
-batcher.user():`` around the work that may call it) spare the others the wait: once every registered
-user has a call waiting, no other call can come, so the batch runs at once (one request alone on the
-server never waits ``max_wait_s``).
+the other (``workers=1``: one call at a time; ``max_batch=1, workers=1``: every call alone, in turn).
+Callers that register as users (``with batcher.user():`` around the work that may call it) spare the
+others the wait: once every registered user has a call waiting, no other call can come, so the batch
+runs at once (one request alone on the server never waits ``max_wait_s``).
 
 On ONNX Runtime CPU a batch of equal-shape items gives each item exactly the result it gets alone
 (``tests/runtime/test_serve_batching.py`` holds that), so batched serving equals the CLI bit for bit.
@@ -94,7 +94,7 @@ class Batcher:
                 self._ready.notify_all()
 
     def close(self) -> None:
-        """Run what is waiting, then stop the thread."""
+        """Run what is waiting, then stop the worker threads."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
