@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from meltok_runtime.backends import BACKEND_CHOICES
+from meltok_runtime.serve.protocol import STREAM_CONTEXT_SECONDS, STREAM_STEP_SECONDS
 from meltok_runtime.cli.deploy import COMMANDS as DEPLOY_COMMANDS
 from meltok_runtime.cli.shared import (CommandGroup, check_stream_output, decode_source, decoded_output_option, encode_source,
                           force_option, original_rate_option, progress_bar, require_packages, setup_logging, stdin_options,
@@ -229,10 +230,18 @@ def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, ori
               help="Items per graph call (1: every call alone); at most the bundle's max_batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long a graph call waits for others of its shape to share it.")
+@click.option("--concurrent-calls", type=click.IntRange(min=1), default=None,
+              help="Graph calls run at once per graph, each a batch  [default: 4 on ort-cpu, else 1].")
 @click.option("--max-streams", type=click.IntRange(min=1), default=64, show_default=True,
               help="Open WebSocket streams; more are closed with 1013 (try again later).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Offline requests served at once; more get 503 with Retry-After.")
+@click.option("--stream-context-seconds", type=click.FloatRange(min=0, max=60), default=STREAM_CONTEXT_SECONDS,
+              show_default=True, help="Streams' left context per window; a stream may ask for less, never more.")
+@click.option("--stream-step-seconds", type=click.FloatRange(min=0, max=60, min_open=True),
+              default=STREAM_STEP_SECONDS, show_default=True,
+              help="Audio each stream window keeps: the longer, the less compute per second of audio and the more "
+                   "latency; a stream may ask for more, never less.")
 @threads_option
 @click.option("--token", envvar="MELTOK_SERVE_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' on every endpoint but /health (env MELTOK_SERVE_TOKEN).")
@@ -241,15 +250,17 @@ def detokenize(dataset, output, bundle, backend, threads, ids, audio_format, ori
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: replicas of the deployment, each with its own codec.")
 @user_errors
-def serve(bundle, backend, host, port, max_batch, max_wait_ms, max_streams, max_queue, threads, token, ray_address,
-          replicas):
+def serve(bundle, backend, host, port, max_batch, max_wait_ms, concurrent_calls, max_streams, max_queue,
+          stream_context_seconds, stream_step_seconds, threads, token, ray_address, replicas):
     """Serve the codec over HTTP and WebSocket (README, "Serving"): /health, /metrics, /v1/encode, /v1/decode,
     /v1/stream/decode, /v1/stream/encode; SIGTERM drains and exits 0."""
     require_packages(["starlette", "uvicorn", "prometheus_client", "websockets"], "serve")
     from meltok_runtime.serve.app import ServeConfig
 
     config = ServeConfig(bundle=bundle, backend=backend, threads=_checked_threads(threads), max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_streams=max_streams, max_queue=max_queue, token=token)
+                         max_wait_ms=max_wait_ms, concurrent_calls=concurrent_calls, max_streams=max_streams,
+                         max_queue=max_queue, token=token,
+                         stream_context_seconds=stream_context_seconds, stream_step_seconds=stream_step_seconds)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without --token: anyone who can reach this address can use it", host)
     if ray_address is not None:

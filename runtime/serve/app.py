@@ -33,11 +33,13 @@ from meltok_runtime.serve.batcher import BatchedCodec
 from meltok_runtime.serve.metrics import ServeMetrics
 from meltok_runtime.serve.offline import decode_body, encode_body, tokens_json
 from meltok_runtime.serve.errors import Disconnected, ProtocolError, Refused
-from meltok_runtime.serve.sessions import PUSH_COLUMNS, DecodeSession, EncodeSession
+from meltok_runtime.serve.sessions import DecodeSession, EncodeSession
 
 log = logging.getLogger("meltok_runtime")
 
 RETRY_AFTER_SECONDS = "1"
+# ONNX Runtime CPU: graph calls side by side use 2 cores better than one after the other (README, "Serving")
+CPU_CONCURRENT_CALLS = 4
 
 
 @dataclass(frozen=True)
@@ -49,19 +51,32 @@ class ServeConfig:
     threads: int | None = None
     max_batch: int = 16  # items per graph call (clamped to the bundle's max_batch)
     max_wait_ms: float = 5.0  # how long a graph call waits for others of its shape
+    concurrent_calls: int | None = None  # graph calls run at once per graph; None: 4 on ort-cpu, else 1
     max_streams: int = 64  # open stream connections
     max_queue: int = 64  # offline requests being served at once; more get 503
     token: str | None = field(default=None, repr=False)  # bearer token for every endpoint but /health
     max_body_bytes: int = 64 * 2 ** 20
     max_frame_bytes: int = 2 ** 20
     idle_timeout_s: float = 60.0  # a stream connection silent this long is closed
+    # streams' windows (README, "Serving": quality against compute); a stream may ask for less context or a
+    # longer step, never more context or a shorter step
+    stream_context_seconds: float = protocol.STREAM_CONTEXT_SECONDS
+    stream_step_seconds: float = protocol.STREAM_STEP_SECONDS
 
     def __post_init__(self):
-        for name in ("max_batch", "max_streams", "max_queue", "max_body_bytes", "max_frame_bytes"):
-            if getattr(self, name) < 1:
+        for name in ("max_batch", "max_streams", "max_queue", "max_body_bytes", "max_frame_bytes", "concurrent_calls"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.idle_timeout_s <= 0:
             raise SettingsError("max_wait_ms must be >= 0 and idle_timeout_s > 0")
+        if not (0 <= self.stream_context_seconds <= 60 and 0 < self.stream_step_seconds <= 60):
+            raise SettingsError(f"stream_context_seconds must be from 0 to 60 and stream_step_seconds above 0 and at "
+                                f"most 60, got {self.stream_context_seconds!r}, {self.stream_step_seconds!r}")
+
+    def stream_defaults(self, kind: str) -> dict:
+        """The options a ``kind`` ("decode", "encode") stream gets unless its options message says otherwise."""
+        base = protocol.DECODE_OPTIONS if kind == "decode" else protocol.ENCODE_OPTIONS
+        return {**base, "context_seconds": self.stream_context_seconds, "step_seconds": self.stream_step_seconds}
 
 
 class ServeState:
@@ -82,8 +97,9 @@ class ServeState:
         try:
             config = self.config
             self.codec = Codec.open(config.bundle, backend=config.backend, threads=config.threads)
-            self.batched = BatchedCodec(self.codec, max_batch=config.max_batch,
-                                        max_wait_s=config.max_wait_ms / 1000, on_batch=self.metrics.observe_batch)
+            workers = config.concurrent_calls or (CPU_CONCURRENT_CALLS if self.codec.backend == "ort-cpu" else 1)
+            self.batched = BatchedCodec(self.codec, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
+                                        on_batch=self.metrics.observe_batch, workers=workers)
             self.metrics.watch_queue("encoder", lambda: self.batched.encoder.depth)
             self.metrics.watch_queue("decoder", lambda: self.batched.decoder.depth)
             codec = self.codec
@@ -95,15 +111,32 @@ class ServeState:
                 "sample_rate": codec.sample_rate,
                 "token_layout": {"rows": codec.token_rows, "codebook_size": codec.codebook_size,
                                  "column_samples": codec.column_samples, "hop_length": codec.hop_length, "columns_per_second": codec.token_rate
-                                 / codec.token_rows, "stream_frame": "little-endian uint16 [k, rows]",
-                                 "stream_push_columns": PUSH_COLUMNS},
+                                 / codec.token_rows, "stream_frame": "little-endian uint16 [k, rows]"},
                 "max_batch": self.batched.encoder.max_batch, "max_wait_ms": config.max_wait_ms,
-                "max_streams": config.max_streams}
+                "concurrent_calls": workers,
+                "max_streams": config.max_streams, "stream": self._stream_settings()}
             self.ready = True
             log.info("serving %s with backend %s", codec.model_id, codec.backend)
         except Exception as error:  # reported by /health; the process stays up to say why
             self.error = f"{type(error).__name__}: {error}"
             log.error("the codec could not be opened: %s", self.error)
+
+    def _stream_settings(self) -> dict:
+        """/health's ``stream``: the default stream settings, the bounds a stream's options must keep, and
+        what a default decode stream costs (``compute_factor``: columns decoded per column kept) and waits
+        (``decode_latency_seconds``: its algorithmic latency)."""
+        config = self.config
+        decoder = self.codec.stream_decoder(lookahead_seconds=protocol.DECODE_OPTIONS["lookahead_seconds"],
+                                            context_seconds=config.stream_context_seconds,
+                                            step_seconds=config.stream_step_seconds)
+        return {"context_seconds": config.stream_context_seconds, "step_seconds": config.stream_step_seconds,
+                "lookahead_seconds": protocol.DECODE_OPTIONS["lookahead_seconds"],
+                "max_context_seconds": config.stream_context_seconds, "min_step_seconds": config.stream_step_seconds,
+                "max_lookahead_seconds": protocol.MAX_LOOKAHEAD_SECONDS,
+                "decode_columns": {"context": decoder.grid.left, "step": decoder.grid.step,
+                                   "lookahead": decoder.grid.right},
+                "compute_factor": round(decoder.grid.window / decoder.grid.step, 3),
+                "decode_latency_seconds": round(decoder.latency_seconds, 4)}
 
     def close(self) -> None:
         if self.batched is not None:
@@ -182,8 +215,12 @@ async def _offline(state: ServeState, request: Request, endpoint: str) -> Respon
             params, content_type = dict(request.query_params), request.headers.get("content-type", "")
             wants_json = "application/json" in request.headers.get("accept", "")
             work = _encode_work if endpoint == "encode" else _decode_work
-            content, media_type = await anyio.to_thread.run_sync(
-                lambda: work(state.batched, body, params, content_type, wants_json), limiter=state.limiter)
+
+            def run():
+                with state.batched.user("encoder" if endpoint == "encode" else "decoder"):
+                    return work(state.batched, body, params, content_type, wants_json)
+
+            content, media_type = await anyio.to_thread.run_sync(run, limiter=state.limiter)
         finally:
             state.pending -= 1
     except Refused as refused:
@@ -293,7 +330,7 @@ async def _receive(state: ServeState, websocket: WebSocket) -> tuple[str | None,
 
 async def _serve_streams(state: ServeState, websocket: WebSocket, kind: str, endpoint: str) -> None:
     """Streams one after the other on one connection: options, frames, flush, done."""
-    defaults = protocol.DECODE_OPTIONS if kind == "decode" else protocol.ENCODE_OPTIONS
+    defaults = state.config.stream_defaults(kind)
     codec = state.batched
     while True:
         text, data = await _receive(state, websocket)
@@ -304,22 +341,28 @@ async def _serve_streams(state: ServeState, websocket: WebSocket, kind: str, end
             raise ProtocolError("the server is shutting down; retry later", protocol.CLOSE_TRY_LATER)
         options = protocol.parse_options(text, {**defaults, **({"sample_rate": codec.sample_rate}
                                                               if kind == "encode" else {})})
+        protocol.check_stream_bounds(options, state.config.stream_context_seconds, state.config.stream_step_seconds)
         if kind == "encode" and options["sample_rate"] != codec.sample_rate:
             raise ProtocolError(f"sample_rate is {options['sample_rate']!r}; this model streams at "
                                 f"{codec.sample_rate} Hz: resample before sending")
         session_class = DecodeSession if kind == "decode" else EncodeSession
-        session = await anyio.to_thread.run_sync(session_class, codec, options["lookahead_seconds"])
+        session = await anyio.to_thread.run_sync(session_class, codec, options)
+
+        def step(work, *args):
+            with codec.user(session.graph):
+                return work(*args)
+
         started, first_input, answered, fmt = time.monotonic(), None, False, options["format"]
         while True:
             text, data = await _receive(state, websocket)
             if text is not None:
                 protocol.parse_control(text)
-                out = await anyio.to_thread.run_sync(session.flush, limiter=state.limiter)
+                out = await anyio.to_thread.run_sync(step, session.flush, limiter=state.limiter)
             else:
                 first_input = first_input or time.monotonic()
                 frame = protocol.parse_token_frame(data, codec.token_rows) if kind == "decode" else \
                     protocol.parse_pcm(data, fmt)
-                out = await anyio.to_thread.run_sync(session.push, frame, limiter=state.limiter)
+                out = await anyio.to_thread.run_sync(step, session.push, frame, limiter=state.limiter)
             if out.shape[-1]:
                 await websocket.send_bytes(protocol.pcm_bytes(out, fmt) if kind == "decode" else
                                            protocol.token_frame(out))

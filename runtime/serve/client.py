@@ -56,6 +56,14 @@ def _decoded_length(info: dict, tokens: np.ndarray) -> int:
     return layout["column_samples"] * tokens.shape[-1] - layout["hop_length"]
 
 
+def _stream_options(lookahead_seconds: float, fmt: str, context_seconds: float | None,
+                    step_seconds: float | None, **more) -> dict:
+    """A stream's options message; context and step only when given (else the server's defaults)."""
+    settings = {"context_seconds": context_seconds, "step_seconds": step_seconds}
+    return {"lookahead_seconds": lookahead_seconds, "format": fmt, **more,
+            **{name: value for name, value in settings.items() if value is not None}}
+
+
 def _ws_url(url: str, path: str) -> str:
     return "ws" + url[len("http"):].rstrip("/") + path
 
@@ -120,22 +128,25 @@ class Client(_Connection):
         return _check(self.http.post("/v1/decode", content=data, params={"format": fmt})).content
 
     def stream_decode(self, tokens, *, lookahead_seconds: float = 0.2, columns_per_message: int = COLUMNS_PER_MESSAGE,
-                      fmt: str = "f32le", chunks: list | None = None) -> np.ndarray:
+                      fmt: str = "f32le", chunks: list | None = None, context_seconds: float | None = None,
+                      step_seconds: float | None = None) -> np.ndarray:
         """Tokens int ``[rows, T']`` through ``/v1/stream/decode``: float32 audio ``[(8T' - 1) * hop]``.
-        ``chunks``, if given, receives each binary answer (bytes) as it arrives."""
+        ``chunks``, if given, receives each binary answer (bytes) as it arrives; ``context_seconds`` and
+        ``step_seconds``: the stream's windows (None: the server's defaults, in ``/health``'s ``stream``)."""
         tokens = np.asarray(tokens)
         frames = (token_frame(tokens[:, start:start + columns_per_message])
                   for start in range(0, tokens.shape[-1], columns_per_message))
-        parts = self._stream("/v1/stream/decode", {"lookahead_seconds": lookahead_seconds, "format": fmt}, frames,
-                             None if chunks is None else chunks.append)
+        options = _stream_options(lookahead_seconds, fmt, context_seconds, step_seconds)
+        parts = self._stream("/v1/stream/decode", options, frames, None if chunks is None else chunks.append)
         return _pcm_array(b"".join(parts), fmt)
 
-    def stream_encode(self, audio, *, lookahead_seconds: float = 0.2, samples_per_message: int = SAMPLES_PER_MESSAGE
-                      ) -> np.ndarray:
+    def stream_encode(self, audio, *, lookahead_seconds: float = 0.2, samples_per_message: int = SAMPLES_PER_MESSAGE,
+                      context_seconds: float | None = None, step_seconds: float | None = None) -> np.ndarray:
         """Mono float audio ``[N]`` at the model's rate through ``/v1/stream/encode``: int64 tokens ``[rows, T']``."""
         audio = np.asarray(audio, dtype="<f4")
         rows = self.info["token_layout"]["rows"]
-        options = {"lookahead_seconds": lookahead_seconds, "format": "f32le", "sample_rate": self.info["sample_rate"]}
+        options = _stream_options(lookahead_seconds, "f32le", context_seconds, step_seconds,
+                                  sample_rate=self.info["sample_rate"])
         frames = (audio[start:start + samples_per_message].tobytes()
                   for start in range(0, len(audio), samples_per_message))
         parts = [parse_token_frame(message, rows) for message in self._stream("/v1/stream/encode", options, frames)]
@@ -206,9 +217,11 @@ class AsyncClient(_Connection):
 
     async def stream_decode(self, tokens, *, lookahead_seconds: float = 0.2,
                             columns_per_message: int = COLUMNS_PER_MESSAGE, fmt: str = "f32le",
-                            pace_seconds: float = 0.0, on_chunk=None) -> np.ndarray:
+                            pace_seconds: float = 0.0, on_chunk=None, on_send=None,
+                            context_seconds: float | None = None, step_seconds: float | None = None) -> np.ndarray:
         """As ``Client.stream_decode``; ``pace_seconds`` waits between messages (real-time pacing),
-        ``on_chunk(bytes)`` is called for each binary answer as it arrives."""
+        ``on_chunk(bytes)`` is called for each binary answer as it arrives, ``on_send(columns)`` after each
+        message is sent with the columns sent so far."""
         import asyncio
 
         tokens = np.asarray(tokens)
@@ -217,9 +230,11 @@ class AsyncClient(_Connection):
             parts, text = [], None
 
             async def send():
-                await ws.send(json.dumps({"lookahead_seconds": lookahead_seconds, "format": fmt}))
+                await ws.send(json.dumps(_stream_options(lookahead_seconds, fmt, context_seconds, step_seconds)))
                 for start in range(0, tokens.shape[-1], columns_per_message):
                     await ws.send(token_frame(tokens[:, start:start + columns_per_message]))
+                    if on_send is not None:
+                        on_send(min(start + columns_per_message, tokens.shape[-1]))
                     if pace_seconds:
                         await asyncio.sleep(pace_seconds)
                 await ws.send(json.dumps({"flush": True}))

@@ -2,7 +2,8 @@
 
 WebSocket streams (``/v1/stream/decode``, ``/v1/stream/encode``), one stream at a time per connection:
 
-1. the client sends a JSON text message with the options (``DECODE_OPTIONS`` / ``ENCODE_OPTIONS``);
+1. the client sends a JSON text message with the options (``DECODE_OPTIONS`` / ``ENCODE_OPTIONS``, and
+   ``context_seconds`` / ``step_seconds`` within the server's bounds: ``check_stream_bounds``);
 2. then binary messages: for decoding, ``k >= 1`` token columns as little-endian uint16 ``[k, rows]``
    (the ``rows`` tokens of a column together); for encoding, mono PCM in the chosen format at the
    model's rate, whole samples per message;
@@ -35,6 +36,11 @@ CLOSE_TRY_LATER = 1013
 STREAM_FORMATS = tuple(INPUT_FORMATS)  # s16le, f32le
 DECODE_OPTIONS = {"lookahead_seconds": 0.2, "format": "f32le"}
 ENCODE_OPTIONS = {"lookahead_seconds": 0.2, "format": "s16le", "sample_rate": 44100}
+MAX_LOOKAHEAD_SECONDS = 10.0
+# a stream's windows: left context and step (audio kept per window), the server's defaults and bounds
+# (README, "Serving": quality against compute on held-out clips)
+STREAM_CONTEXT_SECONDS = 0.5
+STREAM_STEP_SECONDS = 0.4
 
 
 def http_status(error: MeltokError) -> int:
@@ -65,13 +71,32 @@ def parse_options(text: str, defaults: dict) -> dict:
     if unknown:
         raise ProtocolError(f"unknown options {unknown}; this stream takes {sorted(defaults)}")
     options = {**defaults, **message}
-    lookahead = options["lookahead_seconds"]
-    if isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or not (
-            math.isfinite(lookahead) and 0 <= lookahead <= 10):
-        raise ProtocolError(f"lookahead_seconds is {lookahead!r}; expected a number of seconds from 0 to 10")
+    _check_seconds(options, "lookahead_seconds", MAX_LOOKAHEAD_SECONDS)
+    for name in ("context_seconds", "step_seconds"):
+        if name in options:
+            _check_seconds(options, name, None)
     if options["format"] not in STREAM_FORMATS:
         raise ProtocolError(f"format is {options['format']!r}; expected one of {list(STREAM_FORMATS)}")
     return options
+
+
+def _check_seconds(options: dict, name: str, most: float | None) -> None:
+    value = options[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 <= value <= (most if most is not None else math.inf)):
+        raise ProtocolError(f"{name} is {value!r}; expected a number of seconds"
+                            + (f" from 0 to {most:g}" if most is not None else " (at least 0)"))
+
+
+def check_stream_bounds(options: dict, max_context_seconds: float, min_step_seconds: float) -> None:
+    """A stream may ask for less context or a longer step than the server's defaults (less compute per
+    second of audio), never more context or a shorter step: else ``ProtocolError`` (close 1008)."""
+    if options["context_seconds"] > max_context_seconds:
+        raise ProtocolError(f"context_seconds is {options['context_seconds']:g}; this server allows at most "
+                            f"{max_context_seconds:g} (see /health)", CLOSE_POLICY)
+    if options["step_seconds"] < min_step_seconds:
+        raise ProtocolError(f"step_seconds is {options['step_seconds']:g}; this server allows at least "
+                            f"{min_step_seconds:g} (see /health)", CLOSE_POLICY)
 
 
 def parse_control(text: str) -> None:

@@ -22,8 +22,7 @@ from meltok_runtime.io.tokenfile import read_tokens, tokens_from_bytes, tokens_t
 from meltok_runtime.manifest import file_sha256
 from meltok_runtime.serve.client import Client
 from meltok_runtime.serve.errors import ServeError
-from meltok_runtime.serve.protocol import token_frame
-from meltok_runtime.serve.sessions import PUSH_COLUMNS
+from meltok_runtime.serve.protocol import STREAM_CONTEXT_SECONDS, STREAM_STEP_SECONDS, token_frame
 
 from .serve_helpers import running_server
 
@@ -60,18 +59,20 @@ def meltok_rt(*args):
     assert done.returncode == 0, done.stderr.decode()
 
 
-def stream_reference(codec, tokens) -> np.ndarray:
-    """What the stream API gives pushed ``PUSH_COLUMNS`` columns at a time (the server's regrouping)."""
-    stream = codec.stream_decoder(lookahead_seconds=0.2)
-    parts = [stream.push(tokens[:, i:i + PUSH_COLUMNS]) for i in range(0, tokens.shape[1], PUSH_COLUMNS)]
+def stream_reference(codec, tokens, context_seconds=STREAM_CONTEXT_SECONDS, step_seconds=STREAM_STEP_SECONDS,
+                     push=5) -> np.ndarray:
+    """What the stream API gives with the server's default settings (unless named), pushed ``push`` columns at
+    a time (any framing gives the same)."""
+    stream = codec.stream_decoder(lookahead_seconds=0.2, context_seconds=context_seconds, step_seconds=step_seconds)
+    parts = [stream.push(tokens[:, i:i + push]) for i in range(0, tokens.shape[1], push)]
     return np.concatenate(parts + [stream.flush()])
 
 
 def encode_reference(codec, audio) -> np.ndarray:
-    stream, block = codec.stream_encoder(lookahead_seconds=0.2), PUSH_COLUMNS * codec.column_samples
-    parts = [stream.push(audio[i:i + block]) for i in range(0, len(audio) - len(audio) % block, block)]
-    if len(audio) % block:
-        parts.append(stream.push(audio[len(audio) - len(audio) % block:]))
+    stream = codec.stream_encoder(lookahead_seconds=0.2, context_seconds=STREAM_CONTEXT_SECONDS,
+                                  step_seconds=STREAM_STEP_SECONDS)
+    block = 3 * codec.column_samples
+    parts = [stream.push(audio[i:i + block]) for i in range(0, len(audio), block)]
     return np.concatenate(parts + [stream.flush()], axis=1)
 
 
@@ -94,6 +95,15 @@ def test_health_names_model_backend_bundle_and_layout(url, codec):
     assert health["model_id"] == codec.model_id and health["sample_rate"] == RATE
     assert health["bundle_sha256"] == file_sha256(codec.bundle / "manifest.json")
     assert health["token_layout"]["rows"] == 12 and health["token_layout"]["column_samples"] == 2048
+    assert health["concurrent_calls"] == 4  # ort-cpu's default
+    stream = health["stream"]
+    assert (stream["context_seconds"], stream["step_seconds"]) == (STREAM_CONTEXT_SECONDS, STREAM_STEP_SECONDS)
+    decoder = codec.stream_decoder(lookahead_seconds=0.2, context_seconds=STREAM_CONTEXT_SECONDS,
+                                   step_seconds=STREAM_STEP_SECONDS)
+    assert stream["decode_columns"] == {"context": decoder.grid.left, "step": decoder.grid.step,
+                                        "lookahead": decoder.grid.right}
+    assert stream["compute_factor"] == round(decoder.grid.window / decoder.grid.step, 3) < 14
+    assert stream["decode_latency_seconds"] == round(decoder.latency_seconds, 4)
 
 
 @pytest.mark.parametrize("clip", ["speech", "music48k"])
@@ -211,6 +221,45 @@ def test_stream_decode_equals_the_stream_api_whatever_the_framing(url, codec, sp
         assert len(streamed) == codec.decoded_length(tokens.shape[1])
         as_s16 = client.stream_decode(tokens, columns_per_message=7, fmt="s16le")
     np.testing.assert_array_equal(as_s16, to_s16(reference).astype(np.float32) / 32768)
+
+
+def test_stream_settings_within_the_bounds_reach_the_stream(url, codec, speech):
+    tokens = codec.encode(speech[:2 * RATE])[0]
+    with Client(url) as client:
+        cheaper = client.stream_decode(tokens, columns_per_message=6, context_seconds=0.25, step_seconds=0.6)
+    np.testing.assert_array_equal(cheaper, stream_reference(codec, tokens, context_seconds=0.25, step_seconds=0.6))
+    assert not np.array_equal(cheaper, stream_reference(codec, tokens))  # the settings made a difference
+
+
+def test_server_stream_settings_reach_health_and_streams_and_a_lone_stream_never_waits(codec, speech):
+    tokens = codec.encode(speech[:RATE])[0]
+    reference = stream_reference(codec, tokens, context_seconds=0.25, step_seconds=0.2)
+    decoder = codec.stream_decoder(lookahead_seconds=0.2, context_seconds=0.25, step_seconds=0.2)
+    windows = len(decoder.grid.plan(tokens.shape[1]))
+    with running_server(stream_context_seconds=0.25, stream_step_seconds=0.2, max_wait_ms=3000) as (url, _):
+        stream = httpx.get(f"{url}/health").json()["stream"]
+        assert (stream["context_seconds"], stream["step_seconds"]) == (0.25, 0.2)
+        assert stream["compute_factor"] == round(decoder.grid.window / decoder.grid.step, 3)
+        with Client(url) as client:
+            started = time.monotonic()
+            streamed = client.stream_decode(tokens, columns_per_message=3)
+            elapsed = time.monotonic() - started
+            with pytest.raises(ServeError, match="context_seconds is 0.5; this server allows at most 0.25"):
+                client.stream_decode(tokens, context_seconds=0.5)
+    np.testing.assert_array_equal(streamed, reference)
+    assert windows >= 5 and elapsed < 3.0 * windows / 2  # the only user's window calls skip the 3 s batching wait
+
+
+@pytest.mark.parametrize("kind,options,words", [
+    ("decode", {"context_seconds": STREAM_CONTEXT_SECONDS + 0.5}, "context_seconds is"),
+    ("decode", {"step_seconds": STREAM_STEP_SECONDS / 2}, "step_seconds is"),
+    ("encode", {"step_seconds": 0}, "step_seconds is 0; this server allows at least"),
+])
+def test_stream_settings_beyond_the_servers_bounds_are_refused_with_1008(url, kind, options, words):
+    with connect(f"{url.replace('http', 'ws')}/v1/stream/{kind}") as ws:
+        ws.send(json.dumps(options))
+        error, code = closed_with(ws)
+    assert code == 1008 and words in error and "\n" not in error
 
 
 def test_stream_encode_equals_the_stream_api(url, codec, speech):

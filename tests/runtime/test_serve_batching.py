@@ -80,6 +80,43 @@ def test_max_batch_bounds_each_call_and_one_runs_every_call_alone():
     assert [float(r[0, 0]) for r in results] == [0, 2, 4, 6, 8]
 
 
+def test_a_lone_registered_user_does_not_wait_and_registered_users_still_share_a_call():
+    graph = RecordingGraph()
+    batcher = Batcher(graph, max_batch=8, max_wait_s=2.0)
+    with batcher.user():
+        started = time.monotonic()
+        np.testing.assert_array_equal(batcher(np.ones((1, 3), np.float32)), np.full((1, 3), 2))
+        assert time.monotonic() - started < 1.0  # nobody else can call: no 2 s wait
+
+    results, registered = [None, None], threading.Barrier(3)
+
+    def user(index, delay):
+        with batcher.user():
+            registered.wait()
+            time.sleep(delay)  # the second user calls later, within the wait
+            results[index] = batcher(np.full((1, 3), index, np.float32))
+
+    threads = [threading.Thread(target=user, args=(i, 0.3 * i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    registered.wait()
+    started = time.monotonic()
+    for thread in threads:
+        thread.join(30)
+    batcher.close()
+    assert graph.shapes == [(1, 3), (2, 3)] and time.monotonic() - started < 1.5  # both in one call, no full wait
+    np.testing.assert_array_equal(results[1], np.full((1, 3), 2))
+
+
+def test_workers_run_that_many_graph_calls_at_once():
+    graph = RecordingGraph(delay=0.3)
+    batcher = Batcher(graph, max_batch=1, max_wait_s=0.0, workers=3)
+    results = call_together(batcher, [np.full((1, 2), i, np.float32) for i in range(6)])
+    batcher.close()
+    assert graph.most == 3 and graph.shapes == [(1, 2)] * 6  # alone, but side by side
+    assert [float(r[0, 0]) for r in results] == [0, 2, 4, 6, 8, 10]
+
+
 def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
     batcher = Batcher(RecordingGraph(), max_batch=4, max_wait_s=0.2)
     results = call_together(batcher, [np.ones((1, 3), np.float32), np.full((1, 3), np.nan, np.float32)])

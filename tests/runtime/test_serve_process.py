@@ -25,13 +25,17 @@ from .test_serve import RATE, stream_reference
 
 MELTOK_RT = Path(sys.executable).with_name("meltok-rt")
 TOKEN = "s3cret-token"
+CONTEXT, STEP = 1.0, 0.3
 
 
 @pytest.fixture
 def served():
-    """A ``meltok-rt serve`` process with its token from the environment: ``(process, url)``."""
+    """A ``meltok-rt serve`` process with its token from the environment and stream settings of its own:
+    ``(process, url)``."""
     port = free_port()
-    process = subprocess.Popen([str(MELTOK_RT), "serve", "--port", str(port), "--backend", "ort-cpu", "--threads", "1"],
+    process = subprocess.Popen([str(MELTOK_RT), "serve", "--port", str(port), "--backend", "ort-cpu", "--threads", "1",
+                                "--stream-context-seconds", str(CONTEXT), "--stream-step-seconds", str(STEP),
+                                "--concurrent-calls", "2"],
                                env={**os.environ, "MELTOK_SERVE_TOKEN": TOKEN}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -46,7 +50,9 @@ def served():
 
 def test_every_endpoint_but_health_needs_the_token(served):
     _, url = served
-    assert httpx.get(f"{url}/health").status_code == 200
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 200 and health.json()["concurrent_calls"] == 2
+    assert (health.json()["stream"]["context_seconds"], health.json()["stream"]["step_seconds"]) == (CONTEXT, STEP)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         assert httpx.get(f"{url}/metrics", headers=headers).status_code == 401
         refused = httpx.post(f"{url}/v1/decode", content=b"x", headers=headers)
@@ -65,7 +71,7 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(served, real_clips):
     speech = real_clips["speech"][:2 * RATE]
     with Codec.open(backend="ort-cpu", threads=1) as codec:
         tokens = codec.encode(speech)[0]
-        expected = stream_reference(codec, tokens)
+        expected = stream_reference(codec, tokens, context_seconds=CONTEXT, step_seconds=STEP)
     answer = {}
 
     def long_request():
