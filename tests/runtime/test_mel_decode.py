@@ -205,6 +205,7 @@ def test_server_decodes_and_streams_like_the_codec(tiny_mel_inversion, mel_codec
     """``meltok-rt serve`` on the bundle: offline decoding batches the log-mel graph and inverts after the
     batcher; the stream session carries the running phase as the stream API does."""
     from meltok_runtime.serve.client import Client
+    from meltok_runtime.serve.protocol import STREAM_CONTEXT_SECONDS, STREAM_STEP_SECONDS
 
     from .serve_helpers import running_server
 
@@ -213,6 +214,6 @@ def test_server_decodes_and_streams_like_the_codec(tiny_mel_inversion, mel_codec
             decoded = client.decode(mel_tokens[0], 44100)
             streamed = client.stream_decode(mel_tokens[0], columns_per_message=3)
     np.testing.assert_array_equal(decoded, mel_codec.decode(mel_tokens, 44100)[0])
-    stream = mel_codec.stream_decoder()
-    expected = np.concatenate([stream.push(mel_tokens[0]), stream.flush()])
+    stream = mel_codec.stream_decoder(context_seconds=STREAM_CONTEXT_SECONDS, step_seconds=STREAM_STEP_SECONDS)
+    expected = np.concatenate([stream.push(mel_tokens[0]), stream.flush()])  # the server's stream settings
     np.testing.assert_array_equal(streamed, expected)
