@@ -10,6 +10,8 @@ with a one-line note.
 ``mel96+GL`` is what a perfect tokenizer with naive phase would give: the input's own 96-band
 log-mel of the MelTok front end, mapped back to a linear spectrum (least squares, clamped at 0)
 and given a phase by fast Griffin-Lim (momentum 0.99, ``GRIFFIN_LIM_ITERATIONS`` iterations).
+``mel96+inversion`` is the same log-mel through the runtime's ``MelInverter`` (what a ``mel_inversion``
+model with a perfect tokenizer and decoder would give).
 """
 from __future__ import annotations
 
@@ -151,6 +153,29 @@ def mel_griffin_lim_coder(iterations: int = GRIFFIN_LIM_ITERATIONS) -> Coder:
     return code
 
 
+def mel_inversion_coder() -> Coder:
+    """The ``mel96+inversion`` reference: the true MelTok log-mel through ``MelInverter`` (no bits)."""
+    import torch
+
+    from meltok_runtime.mel_inversion import MelInverter
+
+    from ..config import FrontendConfig
+    from ..frontend import MelFrontend
+
+    config = FrontendConfig()
+    frontend = MelFrontend(config)
+    inverter = MelInverter(sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
+                           n_mels=config.n_mels, f_min=config.f_min, f_max=config.f_max, log_floor=config.log_floor)
+
+    def code(reference: np.ndarray) -> Coded:
+        with torch.no_grad():
+            log_mel = frontend(torch.from_numpy(reference)[None]).numpy()
+        audio = inverter(log_mel)[0][0]
+        return Coded(np.pad(audio, (0, max(0, reference.size - audio.size)))[:reference.size])
+
+    return code
+
+
 # ------------------------------------------------------------------ running
 @dataclasses.dataclass
 class AnchorResult:
@@ -164,7 +189,7 @@ class AnchorResult:
 
 def run_anchors(audio_dir, *, categories=None, max_seconds: float | None = None, use_visqol: bool = True,
                 tones: bool = True, codecs=CLASSIC_CODECS, griffin_lim: bool = True) -> list[AnchorResult]:
-    """Score every available classic codec (and ``mel96+GL``) on the clips under ``audio_dir``
+    """Score every available classic codec (and ``mel96+GL``, ``mel96+inversion``) on the clips under ``audio_dir``
     with the options of ``evaluate``. A codec with a missing tool is skipped with a note."""
     def score(coder, name):
         return score_folder(coder, audio_dir, name=name, categories=categories, max_seconds=max_seconds,
@@ -182,6 +207,7 @@ def run_anchors(audio_dir, *, categories=None, max_seconds: float | None = None,
         results.append(AnchorResult(codec.name, score(tool_coder(codec, delays), codec.name), delays))
     if griffin_lim:
         results.append(AnchorResult("mel96+GL", score(mel_griffin_lim_coder(), "mel96+GL"), []))
+        results.append(AnchorResult("mel96+inversion", score(mel_inversion_coder(), "mel96+inversion"), []))
     return results
 
 
@@ -209,7 +235,7 @@ def anchors_table(model_report, anchors: list[AnchorResult]) -> str:
                 cells.append("-" if value is None else fmt.format(value))
             rows.append(cells)
     notes.append("delay: median lag in samples removed by cross-correlation; kbps: coded size / duration; "
-                 "mel96+GL: true 96-band mel + Griffin-Lim (no bits)")
+                 "mel96+GL: true 96-band mel + Griffin-Lim; mel96+inversion: true 96-band mel + MelInverter (no bits)")
     notes += [a.note for a in anchors if a.note]
     reports = [(name, report) for name, report, _ in entries if report is not None]
     with_tones = [(name, report.tones) for name, report in reports if report.tones is not None]

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from meltok import metrics
 from meltok.cli import eval_command
-from meltok.evaluation.anchors import (CLASSIC_CODECS, ToolCodec, measure_delay, mel_griffin_lim_coder, run_anchors,
+from meltok.evaluation.anchors import (CLASSIC_CODECS, ToolCodec, measure_delay, mel_griffin_lim_coder,
+                                      mel_inversion_coder, run_anchors,
                                        tool_coder, undo_delay)
 
 NOMINAL_KBPS = {"opus 6 kbps": 6.0, "opus 12 kbps": 12.0, "mp3 16 kbps": 16.0}
@@ -61,6 +62,22 @@ def test_mel_griffin_lim_reference_is_close_but_not_exact(real_clips):
     assert abs(metrics.level_difference_db(clip, estimate)) < 3.0
 
 
+def test_mel_inversion_reference_keeps_a_tone_where_griffin_lim_loses_it(real_clips):
+    """The true mel through the runtime's MelInverter: a 1 kHz tone at its frequency and level, which 64
+    iterations of Griffin-Lim from random phase do not keep; speech keeps its envelope and level."""
+    from meltok.evaluation import tones
+
+    tone = tones.tone(1000.0)
+    kept = tones.tone_accuracy(tone, mel_inversion_coder()(tone).audio, 1000.0)
+    lost = tones.tone_accuracy(tone, mel_griffin_lim_coder()(tone).audio, 1000.0)
+    assert tones.kept(kept) and kept["level_db"] > lost["level_db"] + 6
+    clip = real_clips["speech"][:44100]
+    estimate = mel_inversion_coder()(clip).audio
+    assert estimate.shape == clip.shape
+    assert 0.3 < metrics.mel_distance(clip, estimate) < 3.0
+    assert abs(metrics.level_difference_db(clip, estimate)) < 3.0
+
+
 def test_cli_anchors_table_and_file(tmp_path, real_clips):
     for category in ("music", "speech"):
         (tmp_path / "clips" / category).mkdir(parents=True)
@@ -78,5 +95,5 @@ def test_cli_anchors_table_and_file(tmp_path, real_clips):
     written = result.output.strip().splitlines()[-1]
     assert written == f"wrote {tmp_path / 'r.json'}, {tmp_path / 'r.csv'}, {tmp_path / 'r-anchors.json'}"
     data = json.loads((tmp_path / "r-anchors.json").read_text())
-    assert set(data["anchors"]) == {c.name for c in CLASSIC_CODECS} | {"mel96+GL"}
+    assert set(data["anchors"]) == {c.name for c in CLASSIC_CODECS} | {"mel96+GL", "mel96+inversion"}
     assert data["anchors"]["mel96+GL"]["report"]["summary"]["all"]["clips"] == 2
