@@ -37,7 +37,7 @@ import numpy as np
 
 from meltok_runtime.backends import backend_class
 from meltok_runtime.backends.ort import import_onnxruntime
-from meltok_runtime.engines.reference import decoder_output
+from meltok_runtime.engines.reference import decoder_output_name
 from meltok_runtime.errors import MeltokError, ModelMismatchError
 from meltok_runtime.lengths import decoded_length, padded_length, token_columns
 from meltok_runtime.manifest import load_manifest, verify_file
@@ -236,7 +236,7 @@ def _runners(name: str, folder: Path, manifest, threads: int | None):
     backend = backend_class(name)
     with backend(folder, manifest, "encoder", threads=threads) as encoder, \
             backend(folder, manifest, "decoder", threads=threads) as decoder:
-        output = decoder_output(manifest)  # "audio", or "log_mel" (mel_inversion models)
+        output = decoder_output_name(manifest)  # "audio", or "log_mel" (mel_inversion models)
         yield (lambda audio: encoder.run({"audio": audio})["tokens"],
                lambda tokens: decoder.run({"tokens": tokens})[output])
 

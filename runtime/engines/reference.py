@@ -31,10 +31,10 @@ ORT_AGREEMENT_FLOOR = 0.999  # ONNX Runtime CPU here against the export's: other
 def _ort_outputs(bundle: Path, manifest, audio: np.ndarray, backend=OrtCpuBackend) -> tuple:
     with backend(bundle, manifest, "encoder") as encoder, backend(bundle, manifest, "decoder") as decoder:
         tokens = encoder.run({"audio": audio})["tokens"]
-        return tokens, decoder.run({"tokens": tokens})[decoder_output(manifest)]
+        return tokens, decoder.run({"tokens": tokens})[decoder_output_name(manifest)]
 
 
-def decoder_output(manifest) -> str:
+def decoder_output_name(manifest) -> str:
     """The decoder graph's output name: ``audio``, or ``log_mel`` for a log-mel decoder (``decoder_output``)."""
     return manifest.graphs["decoder"].outputs[0].name
 
@@ -112,6 +112,7 @@ def compare_engines(bundle, manifest, *, backend=TrtBackend) -> dict:
         pieces.append(_engine_limits(manifest, "stream_profile"))
     equal = positions = 0
     signal = noise = 0.0
+    output = decoder_output_name(manifest)
     with OrtCpuBackend(bundle, manifest, "encoder") as cpu_encoder, \
             OrtCpuBackend(bundle, manifest, "decoder") as cpu_decoder, \
             backend(bundle, manifest, "encoder") as encoder, backend(bundle, manifest, "decoder") as decoder:
@@ -119,7 +120,6 @@ def compare_engines(bundle, manifest, *, backend=TrtBackend) -> dict:
             clip, tokens = audio[:, :samples], stored[..., :columns]
             got, expected = encoder.run({"audio": clip})["tokens"], cpu_encoder.run({"audio": clip})["tokens"]
             equal, positions = equal + int(np.sum(got == expected)), positions + expected.size
-            output = decoder_output(manifest)
             wave, reference = decoder.run({"tokens": tokens})[output], cpu_decoder.run({"tokens": tokens})[output]
             signal += float(np.sum(reference.astype(np.float64) ** 2))
             noise += float(np.sum((wave.astype(np.float64) - reference) ** 2))
