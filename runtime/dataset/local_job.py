@@ -136,7 +136,10 @@ def _run(pending, readers, encoders, writer, stats, context, workers, batch, pro
                 raise job_fault(error, f"reading {item.path!r}") from error
         while ready and len(encoding) < 2 * workers:
             group = _take_group(ready, batch)
-            encoding[encoders.submit(_encode, [loaded.audio for loaded in group])] = group
+            try:
+                encoding[encoders.submit(_encode, [loaded.audio for loaded in group])] = group
+            except BrokenProcessPool as error:  # a worker died while the last results were collected
+                raise _dead_worker(error) from None
         if not (loading or ready or encoding):
             return
         wait(list(encoding) + [future for _, future in loading], return_when=FIRST_COMPLETED)
@@ -160,7 +163,7 @@ def _collect(future, group, writer, stats, context, progress):
         _fail(writer, stats, [loaded.item for loaded in group], str(error), progress)
         return
     except BrokenProcessPool as error:
-        raise job_fault(error, "an encoder worker process (killed, or out of memory?)") from None
+        raise _dead_worker(error) from None
     except Exception as error:  # noqa: BLE001 - a backend error or out of memory: the job's fault, not the items'
         raise job_fault(error, "encoding") from error
     stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
@@ -171,6 +174,11 @@ def _collect(future, group, writer, stats, context, progress):
         stats.record(loaded.item, loaded.audio.shape[-1] / context["sample_rate"])
         if progress is not None:
             progress(stats)
+
+
+def _dead_worker(error: BrokenProcessPool):
+    """The job's one-line error when a worker process died (seen at a result or at the next submission)."""
+    return job_fault(error, "an encoder worker process (killed, or out of memory?)")
 
 
 def _fail(writer, stats, items, reason, progress):

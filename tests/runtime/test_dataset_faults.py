@@ -3,6 +3,7 @@ clear message, records nothing for the items in flight, and the same command the
 item's own bad data is recorded as that item's failure."""
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -68,6 +69,50 @@ def test_out_of_memory_while_reading_is_a_fault_not_a_bad_item(clips, tmp_path, 
     summary = tokenize([folder], tmp_path / "ds", backend="ort-cpu")
     assert summary["counts"] == {"items": 2, "failed": 0, "shards": summary["counts"]["shards"]}
     assert sorted(open_dataset(tmp_path / "ds").ids()) == ["few/effects.flac", "few/speech.flac"]
+
+
+class _PoolBreakingAtSubmission:
+    """An encoder pool whose workers die after its first job: the next ``submit`` raises ``BrokenProcessPool``,
+    as ``ProcessPoolExecutor`` does when it notices a killed worker before a result does."""
+
+    def __init__(self, executor):
+        self.executor, self.submitted = executor, 0
+
+    def submit(self, *args):
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.submitted += 1
+        if self.submitted > 1:
+            raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+        return self.executor.submit(*args)
+
+    def shutdown(self, **options):
+        self.executor.shutdown(**options)
+
+
+def test_a_worker_found_dead_at_submission_stops_the_job_with_one_line(clips, tmp_path, monkeypatch):
+    from meltok_runtime.dataset import local_job
+
+    pools = []
+
+    def encoder_pool_then_readers(workers):  # the job makes its encoder pool first, then its readers
+        executor = ThreadPoolExecutor(workers)
+        pools.append(executor)
+        return _PoolBreakingAtSubmission(executor) if len(pools) == 1 else executor
+
+    monkeypatch.setattr(local_job, "ThreadPoolExecutor", encoder_pool_then_readers)
+    result = run_cli("tokenize", clips, "-o", tmp_path / "ds", "--backend", "ort-cpu", "--shard-rows", 1)
+    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("tokenizing")]
+    assert result.exit_code == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("Error: an encoder worker process (killed, or out of memory?) failed "
+                                "(BrokenProcessPool: A child process terminated abruptly"), errors[0]
+    assert "none was marked failed" in errors[0] and "run the same command again to resume" in errors[0]
+    info = _info(tmp_path / "ds")
+    assert info["failures"] == [] and info["counts"]["items"] <= 1 and not info["complete"]
+    monkeypatch.undo()
+    again = run_cli("tokenize", clips, "-o", tmp_path / "ds", "--backend", "ort-cpu", "--shard-rows", 1)
+    assert again.exit_code == 0, again.output
+    assert "5 items" in again.stdout and "0 failed" in again.stdout
 
 
 class _Refusing:
