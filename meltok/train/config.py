@@ -37,8 +37,10 @@ class Stage1Config:
     """Stage 1: tokenizer (encoder, quant_conv, VQ codebook, post_quant_conv, decoder).
 
     Loss: ``mel_weight * L1(recon, logmel / 5) + vq_weight * vq_loss + perceptual_weight *
-    perceptual(recon, logmel / 5)``; with ``mel_weight = 5`` the first term is the L1 of the
-    log-mel in natural-log units. ``perceptual``: ``"vgg19"`` (needs ``TrainConfig.vgg_weights``),
+    perceptual(recon, logmel / 5) + level_weight * level``; with ``mel_weight = 5`` the first term is
+    the L1 of the log-mel in natural-log units. ``level`` (0 in the reference): the block term of
+    ``losses.LevelLoss`` on the log-mels (mel power pooled over 8 bands x 16 frames, L1 of its log),
+    against the log-domain L1's quiet peaks: a -6 dBFS tone's band came back 1.3-2 nats low. ``perceptual``: ``"vgg19"`` (needs ``TrainConfig.vgg_weights``),
     ``"mel-gradient"`` (the weight-free substitute, see ``losses.MelGradientLoss``), ``"none"``, or
     ``"auto"`` (vgg19 when weights are given, else mel-gradient); the trainer records the resolved
     choice in the run's config.
@@ -59,6 +61,7 @@ class Stage1Config:
     vq_weight: float = 0.25
     perceptual: str = "auto"
     perceptual_weight: float = 0.5
+    level_weight: float = 0.0
     revive_every: int = 1000
     revive_noise: float = 0.01
     train: str = "tokenizer"
@@ -71,7 +74,7 @@ class Stage1Config:
         _check(self.weight_decay >= 0, f"stage1.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 < self.lr_decay <= 1, f"stage1.lr_decay must lie in (0, 1], got {self.lr_decay}")
         _check(self.steps_per_epoch >= 1, f"stage1.steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        _check(min(self.mel_weight, self.vq_weight, self.perceptual_weight) >= 0,
+        _check(min(self.mel_weight, self.vq_weight, self.perceptual_weight, self.level_weight) >= 0,
                "stage1 loss weights must be >= 0")
         _check(self.perceptual in PERCEPTUAL_CHOICES,
                f"stage1.perceptual must be one of {list(PERCEPTUAL_CHOICES)}, got {self.perceptual!r}")

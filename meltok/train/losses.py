@@ -213,16 +213,21 @@ class LevelLoss(nn.Module):
         self.bands, self.frames, self.rel_floor, self.eps = bands, frames, rel_floor, eps
 
     def forward(self, log_mel_pred, log_mel_ref, prediction, target) -> torch.Tensor:
-        frames = min(log_mel_pred.shape[-1], log_mel_ref.shape[-1])
         length = min(prediction.shape[-1], target.shape[-1])
         with float32_region(prediction):
+            power = [torch.mean(x[..., :length].float() ** 2, dim=-1) for x in (prediction, target)]
+            overall = F.l1_loss(torch.log(power[0] + self.eps), torch.log(power[1] + self.eps))
+        return self.blocks(log_mel_pred, log_mel_ref) + overall
+
+    def blocks(self, log_mel_pred, log_mel_ref) -> torch.Tensor:
+        """The block term alone (what a mel decoder without audio is trained with): ``[B, M, T]`` twice ->
+        scalar."""
+        frames = min(log_mel_pred.shape[-1], log_mel_ref.shape[-1])
+        with float32_region(log_mel_pred):
             pooled = [F.avg_pool2d(torch.exp(2 * m[..., :frames].float())[:, None], (self.bands, self.frames),
                                    ceil_mode=True) for m in (log_mel_pred, log_mel_ref)]
             floor = self.rel_floor * pooled[1].mean(dim=(1, 2, 3), keepdim=True) + self.eps
-            blocks = F.l1_loss(torch.log(torch.maximum(pooled[0], floor)), torch.log(torch.maximum(pooled[1], floor)))
-            power = [torch.mean(x[..., :length].float() ** 2, dim=-1) for x in (prediction, target)]
-            overall = F.l1_loss(torch.log(power[0] + self.eps), torch.log(power[1] + self.eps))
-        return blocks + overall
+            return F.l1_loss(torch.log(torch.maximum(pooled[0], floor)), torch.log(torch.maximum(pooled[1], floor)))
 
 
 # ----------------------------------------------------------------------------- perceptual

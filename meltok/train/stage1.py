@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from . import distributed
 from .codebook import CodebookMonitor, reset_adam_rows, revive_dead_codes
-from .losses import build_perceptual, float32_region
+from .losses import LevelLoss, build_perceptual, float32_region
 from .stage import Stage, adamw, step_decay_schedule
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Stage1(Stage):
         if self.perceptual is not None:
             self.perceptual.to(device)
         self.resolved = {"stage1.perceptual": resolved}
+        self.level = LevelLoss()
         self._check_revival_horizon()
         log.info("stage 1: perceptual loss %s (weight %g)", resolved, cfg.perceptual_weight)
         trained = [p for p in model.parameters() if p.requires_grad]
@@ -105,8 +106,12 @@ class Stage1(Stage):
         losses = {"mel": F.l1_loss(recon.float(), target.float()), "vq": vq_loss.float()}
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual(recon.float(), target.float())
+        if cfg.level_weight:
+            scale = self.model.config.frontend.mel_scale
+            losses["level"] = self.level.blocks(recon.float() * scale, target.float() * scale)
         losses["total"] = (cfg.mel_weight * losses["mel"] + cfg.vq_weight * losses["vq"]
-                           + cfg.perceptual_weight * losses.get("perceptual", 0.0))
+                           + cfg.perceptual_weight * losses.get("perceptual", 0.0)
+                           + cfg.level_weight * losses.get("level", 0.0))
         return losses
 
     def train_step(self, audio: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
@@ -150,6 +155,7 @@ class Stage1(Stage):
         error = (mel_hat - target.float() * scale).abs().mean(dim=(0, 2))  # per mel band [M]
         for name, part in zip(("low", "mid", "high"), error.chunk(3)):  # band health: thirds of the mel rows
             scalars[f"val/mel_l1_{name}"] = part.mean()
+        scalars["val/level"] = self.level.blocks(mel_hat, target.float() * scale)
         if self.perceptual is not None:
             scalars["val/perceptual"] = self.perceptual(recon.float(), target.float())
         return scalars, tokens

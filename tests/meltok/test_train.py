@@ -22,7 +22,7 @@ from meltok.train.corpus import CorpusReader
 from meltok.train.corpus.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
 from meltok.train.data import CropBatches, fixed_crops
 from meltok.train.discriminators import Discriminators
-from meltok.train.losses import VGG19Features, build_perceptual
+from meltok.train.losses import LevelLoss, VGG19Features, build_perceptual
 from meltok.train.scalar_log import read_scalars
 from meltok.train.stage1 import Stage1
 from meltok.train.stage2 import Stage2
@@ -144,6 +144,33 @@ def test_stage1_decoder_only_keeps_every_token_and_learns_the_mel(fixed_batch):
     assert torch.equal(model.eval().tokenize(fixed_batch), tokens_before)
     with pytest.raises(TrainConfigError, match="stage1.train must be one of"):
         tiny_config(**{"stage1.train": "encoder"})
+
+
+def test_stage1_level_term_is_the_block_level_loss_of_the_log_mels_and_falls(fixed_batch):
+    """``stage1.level_weight``: the loss adds ``LevelLoss.blocks`` of the decoder's log-mel against the
+    input's (natural-log units), training lowers it; validation reports it whatever the weight."""
+    torch.manual_seed(0)
+    model = MelTok.from_config("tiny")
+    config = tiny_config(**{"stage1.train": "decoder", "stage1.level_weight": 2.0})
+    stage = Stage1(model, config, torch.device("cpu"), CodebookMonitor(1024, 100))
+    stage.train_mode()
+    with torch.no_grad():
+        recon, target, _, _, _ = stage.net(fixed_batch)
+    scale = model.config.frontend.mel_scale
+    expected = LevelLoss().blocks(recon * scale, target * scale)
+    first = {k: float(v) for k, v in stage.train_step(fixed_batch, 1).items()}
+    assert first["train/level"] == pytest.approx(float(expected), rel=1e-4)
+    weights = config.stage1
+    assert first["train/total"] == pytest.approx(
+        weights.mel_weight * first["train/mel_l1"] / scale + weights.vq_weight * first["train/vq"]
+        + weights.perceptual_weight * first["train/perceptual"] + 2.0 * first["train/level"], rel=1e-4)
+    history = overfit(stage, fixed_batch)
+    assert history[-1]["train/level"] < 0.7 * first["train/level"]
+    plain = Stage1(MelTok.from_config("tiny"), tiny_config(), torch.device("cpu"), CodebookMonitor(1024, 100))
+    assert "train/level" not in overfit(plain, fixed_batch, steps=1)[0]
+    assert float(plain.validate(fixed_batch)[0]["val/level"]) > 0
+    with pytest.raises(TrainConfigError, match="stage1 loss weights must be >= 0"):
+        tiny_config(**{"stage1.level_weight": -1})
 
 
 @pytest.mark.parametrize("gan", [True, False])
