@@ -73,6 +73,7 @@ BUZZ_GAP_HZ = 10.0
 BUZZ_NEIGHBOURHOOD_HZ = 60.0
 COMB_PERIOD = 512  # two vocoder hops: the comb at 44100/512 = 86.1 Hz of the shipped model
 PEAK_COUNT = 10
+LEVEL_LOW_HZ = 20.0  # below it (a DC offset, rumble) nothing is heard: the level metric leaves it out
 PEAK_SPACING_HZ = 20.0
 PEAK_BAND_HZ = (40.0, 16000.0)
 
@@ -283,17 +284,29 @@ def frame_rate_buzz(reference, estimate, *, sample_rate: int = SAMPLE_RATE, hop_
             - line_prominence_db(ref, rate, sample_rate=sample_rate))
 
 
-def level_difference_db(reference, estimate) -> float:
-    """``20 log10(rms(estimate) / rms(reference))`` in dB; ``nan`` for a silent reference and
-    ``-inf`` for a silent estimate."""
+def level_difference_db(reference, estimate, *, sample_rate: int = SAMPLE_RATE,
+                        low_hz: float = LEVEL_LOW_HZ) -> float:
+    """``20 log10(rms(estimate) / rms(reference))`` in dB over what a listener hears: content below
+    ``low_hz`` (a DC offset, rumble) is left out of both RMS values (exactly: the clip's spectrum from
+    ``low_hz`` up, by Parseval). ``nan`` for a silent reference and ``-inf`` for a silent estimate."""
     ref, est = align(reference, estimate)
-    ref_rms = math.sqrt(float(np.mean(ref.astype(np.float64) ** 2)))
-    est_rms = math.sqrt(float(np.mean(est.astype(np.float64) ** 2)))
-    if ref_rms == 0.0:
+    ref_power, est_power = (_power_above(x, low_hz, sample_rate) for x in (ref, est))
+    if ref_power == 0.0:
         return float("nan")
-    if est_rms == 0.0:
+    if est_power == 0.0:
         return float("-inf")
-    return 20.0 * math.log10(est_rms / ref_rms)
+    return 10.0 * math.log10(est_power / ref_power)
+
+
+def _power_above(signal: np.ndarray, low_hz: float, sample_rate: int) -> float:
+    """Mean power of ``signal [N]`` from ``low_hz`` up (one-sided spectrum, Parseval)."""
+    spectrum = np.abs(np.fft.rfft(signal.astype(np.float64))) ** 2
+    weight = np.full(spectrum.shape, 2.0)
+    weight[0] = 1.0
+    if signal.shape[-1] % 2 == 0:
+        weight[-1] = 1.0
+    weight[np.fft.rfftfreq(signal.shape[-1], 1.0 / sample_rate) < low_hz] = 0.0
+    return float(np.sum(weight * spectrum)) / signal.shape[-1] ** 2
 
 
 def peak_level_db(reference, estimate, *, sample_rate: int = SAMPLE_RATE, count: int = PEAK_COUNT) -> float:

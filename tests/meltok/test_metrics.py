@@ -285,6 +285,15 @@ def test_level_difference(real_clips):
     assert metrics.level_difference_db(clip, 2.0 * clip) == pytest.approx(6.0206, abs=1e-3)
     assert math.isnan(metrics.level_difference_db(np.zeros(100, np.float32), clip[:100]))
     assert metrics.level_difference_db(clip, np.zeros_like(clip)) == -math.inf
+    clip = clip - clip.mean()
+    n = np.arange(clip.shape[-1])
+    rumble = (0.3 * np.sin(2 * np.pi * 8.0 * n / 44100)).astype(np.float32)  # as loud as speech, not heard
+    assert 20 * np.log10(np.std(clip + 0.05 + rumble) / np.std(clip)) > 3  # a plain RMS would count it
+    assert metrics.level_difference_db(clip, clip + 0.05 + rumble) == pytest.approx(0.0, abs=0.2)  # leakage
+    assert metrics.level_difference_db(clip + 0.05, 0.5 * clip) == pytest.approx(-6.0206, abs=0.05)
+    hum = (0.05 * np.sin(2 * np.pi * 50.0 * n / 44100)).astype(np.float32)  # 50 Hz is heard, and counted
+    plain = 20 * np.log10(np.std((clip + hum).astype(np.float64)) / np.std(clip.astype(np.float64)))
+    assert plain > 3 and metrics.level_difference_db(clip, clip + hum) == pytest.approx(plain, abs=0.1)
 
 
 def test_clip_metrics_has_buzz_level_and_both_mel_definitions(real_clips):
