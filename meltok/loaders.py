@@ -6,6 +6,7 @@
 - a preset name (``"tiny"``, ``"edge"``, ``"paper"``): random weights, for export and benchmarks;
 - a model file (``.safetensors`` from ``meltok convert`` or training);
 - a training run folder: its latest checkpoint, else its ``model.safetensors``;
+- one checkpoint folder of a run (``RUN/checkpoints/step-000004400``): that checkpoint;
 - a pair ``(stage1, stage2)`` of the reference implementation's checkpoint files.
 
 ``open_codec(MelTok, source)`` also takes an export bundle folder (a runtime ``Codec``, closed on
@@ -28,7 +29,7 @@ from .default_model import default_model_path
 from .devices import torch_device
 from .modelfile import load_model_file, model_id_of, weights_hash
 from .official import load_official
-from .train.run_checkpoint import latest_checkpoint, load_checkpoint
+from .train.run_checkpoint import CHECKPOINT_INDEX, latest_checkpoint, load_checkpoint
 
 log = logging.getLogger("meltok")
 
@@ -54,8 +55,8 @@ def load_model(cls, source=None, *, device="cpu", allow_pickle: bool = False):
 
 
 def _load_run(cls, folder: Path):
-    """The latest checkpoint of a run folder, else its ``model.safetensors``."""
-    checkpoint = latest_checkpoint(folder)
+    """A checkpoint folder's model; else the latest checkpoint of a run folder, else its ``model.safetensors``."""
+    checkpoint = folder if (folder / CHECKPOINT_INDEX).is_file() else latest_checkpoint(folder)
     if checkpoint is not None:
         state, _ = load_checkpoint(checkpoint)
         model = cls(MelTokConfig.from_dict(state["model_config"]))
@@ -69,8 +70,8 @@ def _load_run(cls, folder: Path):
                              "or a preset (meltok-rt runs bundles)")
     if not path.is_file():
         raise BundleError(f"{str(folder)!r} is neither an export bundle (it has no manifest.json) nor a training "
-                          "run folder (no checkpoints, no model.safetensors); expected a bundle folder, a run folder "
-                          "or a model file")
+                          "run folder (no checkpoints, no model.safetensors) nor one of its checkpoints (no "
+                          f"{CHECKPOINT_INDEX}); expected a bundle folder, a run or checkpoint folder or a model file")
     return load_model_file(cls, path)
 
 

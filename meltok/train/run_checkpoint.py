@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "meltok-train-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_INDEX = "index.json"  # a complete checkpoint folder has it (written last)
 _NAME = re.compile(r"^step-(\d{9})$")
 _TENSOR_OVERHEAD = 1024  # bytes a torch.save zip record costs beyond the data (measured: ~300-700)
 _FILE_OVERHEAD = 16 * 1024
@@ -51,7 +52,7 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     found = []
     for entry in folder.iterdir():
         match = _NAME.match(entry.name)
-        if match and (entry / "index.json").is_file():
+        if match and (entry / CHECKPOINT_INDEX).is_file():
             found.append((int(match.group(1)), entry))
     return sorted(found)
 
@@ -154,7 +155,7 @@ def save_checkpoint(run_dir, state: dict, *, step: int, shard_mib: float = 15.0,
         index = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
                  "shard_mib": shard_mib, "state": {"file": "state.pt", "sha256": file_sha256(tmp / "state.pt")},
                  "shards": records, "split_tensors": split, **(meta or {})}
-        (tmp / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        (tmp / CHECKPOINT_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     total = sum(r["bytes"] for r in records)
@@ -166,7 +167,7 @@ def save_checkpoint(run_dir, state: dict, *, step: int, shard_mib: float = 15.0,
 def read_index(folder) -> dict:
     folder = Path(folder)
     try:
-        index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        index = json.loads((folder / CHECKPOINT_INDEX).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ModelFileError(f"cannot read {str(folder / 'index.json')!r} ({error}); not a complete checkpoint")
     if index.get("format") != CHECKPOINT_FORMAT:

@@ -356,6 +356,11 @@ def test_resume_after_interruption_equals_straight_run(corpus, tmp_path, stage):
     _assert_same(a["rng"], b["rng"], "rng")
     assert MelTok.load(tmp_path / "resumed" / "model.safetensors").model_id == \
         MelTok.load(tmp_path / "straight" / "model.safetensors").model_id
+    (_, earlier), (_, latest) = ckpt.list_checkpoints(tmp_path / "resumed")[-2:]  # one checkpoint folder loads
+    state = ckpt.load_checkpoint(earlier)[0]["modules"]["model"]  # that checkpoint, not the run's latest
+    loaded = MelTok.load(earlier).state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in state.items())
+    assert MelTok.load(earlier).model_id != MelTok.load(tmp_path / "resumed").model_id == MelTok.load(latest).model_id
 
 
 def test_time_limit_stops_with_checkpoint_and_eval_hook_is_logged(corpus, tmp_path):
