@@ -79,3 +79,26 @@ def resume_config(config: TrainConfig, state: dict, out: Path) -> TrainConfig:
     if changed:
         log.info("resuming with changed settings: %s", ", ".join(sorted(changed)))
     return config
+
+
+def restore_optimizer(optimizer, scheduler, optimizer_state: dict, scheduler_state: dict | None) -> None:
+    """Load a checkpoint's optimizer moments and schedule position, keeping this run's settings.
+
+    ``load_state_dict`` would bring back the checkpoint's learning rate, betas and weight decay, so a
+    resume with ``--set stage1.lr=...`` would log the change and silently train on the old value.
+    Here the freshly built optimizer's hyper-parameters and the scheduler's base rates (from the
+    config) stay, and the current rate is the schedule's factor at the restored step times the
+    configured rate (the same value as before when nothing changed)."""
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    base = None if scheduler is None else list(scheduler.base_lrs)
+    optimizer.load_state_dict(optimizer_state)
+    for group, fresh in zip(optimizer.param_groups, settings):
+        group.update(fresh)
+    if scheduler is None or scheduler_state is None:
+        return
+    scheduler.load_state_dict(scheduler_state)
+    scheduler.base_lrs = base
+    for group, rate, factor in zip(optimizer.param_groups, base, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = rate, rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+

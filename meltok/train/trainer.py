@@ -42,7 +42,7 @@ from . import distributed
 from .codebook import CodebookMonitor, token_stats
 from .config import TrainConfig
 from .data import CropBatches, fixed_crops, open_reader
-from .resume import capture_rng, latest_state, restore_rng, resume_config, seed_everything
+from .resume import capture_rng, latest_state, restore_optimizer, restore_rng, resume_config, seed_everything
 from .run_checkpoint import save_checkpoint
 from .scalar_log import ScalarLog
 from .stage1 import Stage1
@@ -200,9 +200,8 @@ class Trainer:
         for name, module in self.stage.modules.items():
             module.load_state_dict(state["modules"][name])
         for name, optimizer in self.stage.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        for name, scheduler in self.stage.schedulers.items():
-            scheduler.load_state_dict(state["schedulers"][name])
+            restore_optimizer(optimizer, self.stage.schedulers.get(name), state["optimizers"][name],
+                              state["schedulers"].get(name))
         self.monitor.load_state_dict(state["codebook"])
         self.step = int(state["step"])
         rank = self.dist.rank
