@@ -75,10 +75,22 @@ def resume_config(config: TrainConfig, state: dict, out: Path) -> TrainConfig:
             raise TrainConfigError(
                 f"{out} holds a checkpoint with {name}={old!r} but this run asks for {new!r}; "
                 "use the run's config (omit --config to reuse RUN/config.json) or a new -o/--output folder")
-    changed = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
+    changed = _changed_fields(saved.to_dict(), config.to_dict())
     if changed:
         log.info("resuming with changed settings: %s", ", ".join(sorted(changed)))
     return config
+
+
+def _changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ (``stage1.lr``, not ``stage1``)."""
+    changed = []
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            changed += _changed_fields(before, value, f"{prefix}{key}.")
+        elif before != value:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 def restore_optimizer(optimizer, scheduler, optimizer_state: dict, scheduler_state: dict | None) -> None:

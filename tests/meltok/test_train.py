@@ -2,6 +2,7 @@
 down, stage 2 keeps the tokenizer frozen, resume equals a straight run, checkpoints are sharded
 and atomic, dead codes are revived, the perceptual losses load, and the CLI runs."""
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -363,14 +364,16 @@ def test_resume_after_interruption_equals_straight_run(corpus, tmp_path, stage):
     assert MelTok.load(earlier).model_id != MelTok.load(tmp_path / "resumed").model_id == MelTok.load(latest).model_id
 
 
-def test_a_resume_trains_with_the_changed_learning_rate_and_weight_decay(corpus, tmp_path):
+def test_a_resume_trains_with_the_changed_learning_rate_and_weight_decay(corpus, tmp_path, caplog):
     """``--set stage1.lr=...`` on a resume takes effect (the checkpoint's optimizer state used to bring
     the old rate back); the moments and the schedule's position are the checkpoint's."""
     config = tiny_config(steps=4, **{"stage1.lr_decay": 0.5, "stage1.steps_per_epoch": 2})
     Trainer(config, corpus, tmp_path / "run").run(max_steps_this_run=2)
     changed = config.replace(**{"stage1.lr": 1e-5, "stage1.weight_decay": 0.5})
     trainer = Trainer(changed, corpus, tmp_path / "run")
-    trainer.run()
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    assert "resuming with changed settings: stage1.lr, stage1.weight_decay\n" in caplog.text
     rates = {r["step"]: r["scalars"]["lr/tokenizer"] for r in read_scalars(tmp_path / "run") if "lr/tokenizer" in r["scalars"]}
     assert rates[1] == pytest.approx(4e-4) and rates[3] == pytest.approx(1e-5 * 0.5) and rates[4] == pytest.approx(1e-5 * 0.25)
     group = trainer.stage.optimizers["tokenizer"].param_groups[0]
