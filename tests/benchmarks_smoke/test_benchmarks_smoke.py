@@ -4,6 +4,7 @@
 """
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -68,3 +69,25 @@ def test_speed_main_times_torch_and_ort_cpu_on_the_tiny_preset(tmp_path, capsys)
     assert written["availability"]["meltok-tiny(random)"] == {"torch-cpu-fp32": None, "ort-cpu-fp32": None}
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["results"] == json.loads(json.dumps(report["results"], default=str))
+
+
+def test_mel_decoder_probe_reads_the_inputs_tones_and_levels(tmp_path, capsys, real_clip_paths):
+    """On a random-weight tiny model the decoded columns are noise, but the input's side is the real
+    measurement: the tones' mel bands rise 2.3 nats per 20 dB, the inverter reads every tone's frequency
+    from the input's own log-mel within 0.5%, and each clip gets a level per gain."""
+    from benchmarks import mel_decoder
+    from meltok import MelTok
+
+    model = tmp_path / "tiny-mel.safetensors"
+    MelTok.from_config("tiny").with_vocoder_head("mel_inversion").save(model)
+    report = mel_decoder.main([str(model), "--clips", str(real_clip_paths["speech"]), "--seconds", "1.5"])
+    output = capsys.readouterr().out
+    assert "median |error|" in output and "(output level re input, dB)" in output
+    for frequency in mel_decoder.TONE_LEVEL_HZ:
+        inputs = [row[3] for row in report["tone_level"] if row[0] == frequency]
+        assert np.allclose(np.diff(inputs), -20 / 20 * np.log(10), atol=0.15), inputs  # -6, -26, -46 dBFS
+    assert len(report["tone_frequency"]) == len(mel_decoder.TONE_FREQUENCIES)
+    assert max(abs(row[1]) for row in report["tone_frequency"]) < 0.5
+    (path, *levels), = report["gain"]
+    assert path == str(real_clip_paths["speech"]) and len(levels) == len(mel_decoder.GAINS_DB)
+    assert all(np.isfinite(levels))
