@@ -1,8 +1,9 @@
 """Where a log-mel decoder loses level and pitch: its decoded log-mel against the input's own, before any
 vocoder.
 
-For a model (a ``mel_inversion`` model file, a stage-1 run or one of its checkpoint folders; the model's
-``decode_features`` must give the log-mel), three tables, all from generated tones and real clips:
+For a model whose decoder gives the log-mel (a ``mel_inversion`` model file, a stage-1 run or one of its
+checkpoint folders; a stage-2 model's decoder gives vocoder features, and only the table's token shares
+then mean anything), three tables, from generated tones and real clips:
 
 - ``tone level``: pure tones at 300/1000/4000 Hz and -6/-26/-46 dBFS (3 s): the tone's mel band in the
   input's log-mel and in the decoded one (natural log of the mel magnitude, median over the steady
@@ -11,8 +12,9 @@ For a model (a ``mel_inversion`` model file, a stage-1 run or one of its checkpo
   input's log-mel and from the decoded one (the peak fit of its strongest bin in the middle frame), error
   in % of the tone's frequency. The inverter keeps a tone only when the decoded mel places it;
 - ``gain``: real clips (``--clips``) scaled by 0/-10/-20/-30 dB, encoded, decoded and inverted: the output
-  level re the scaled input (``meltok.metrics.level_difference_db``). A level that depends on the input's
-  gain means the decoder does not follow the level its tokens carry.
+  level re the scaled input (``meltok.metrics.level_difference_db``), and the share of tokens unlike those
+  of the clip at 0 dB. Tokens that change with the gain carry the level; an output level that still
+  depends on the gain means the decoder does not follow it.
 
     python -m benchmarks.mel_decoder .runs/candidate/lvl-8000.safetensors --clips tests/data/music.flac
 """
@@ -34,14 +36,18 @@ def tone(frequency: float, dbfs: float, seconds: float) -> np.ndarray:
     return (10 ** (dbfs / 20) * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
-def log_mels(model, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``audio [N]`` -> (the input's log-mel, the decoded log-mel of its tokens), both ``[M, T]`` float64."""
+def log_mels(model, audio: np.ndarray, tokens_out: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``audio [N]`` -> (the input's log-mel, the decoded log-mel of its tokens), both ``[M, T]`` float64;
+    the tokens ``[rows, T']`` are appended to ``tokens_out`` if given."""
     import torch
 
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(audio))[None]
-        decoded = model.decode_features(model.quantizer.lookup(model.tokenize(x)))[0].double().numpy()
+        tokens = model.tokenize(x)
+        decoded = model.decode_features(model.quantizer.lookup(tokens))[0].double().numpy()
         true = model.log_mel(x)[0].double().numpy()
+    if tokens_out is not None:
+        tokens_out.append(tokens[0].numpy())
     frames = min(true.shape[-1], decoded.shape[-1])
     return true[:, :frames], decoded[:, :frames]
 
@@ -85,13 +91,14 @@ def gain_rows(model, inverter, clips: list[str], seconds: float) -> list[tuple]:
     for path in clips:
         audio, rate = load_audio(path)
         audio = prepare_audio(audio[None], rate, SAMPLE_RATE)[0][0, :int(seconds * SAMPLE_RATE)]  # channels mixed
-        levels = []
+        levels, tokens = [], []
         for gain in GAINS_DB:
             scaled = (audio * 10 ** (gain / 20)).astype(np.float32)
-            _, decoded = log_mels(model, scaled)
+            _, decoded = log_mels(model, scaled, tokens)
             output = inverter(decoded[None])[0][0]
             levels.append(metrics.level_difference_db(scaled[:output.size], output))
-        rows.append((path, *levels))
+        changed = [float(np.mean(t != tokens[0])) for t in tokens]
+        rows.append((path, levels, changed))
     return rows
 
 
@@ -123,10 +130,12 @@ def main(argv=None) -> dict:
     medians = [float(np.median(np.abs([row[i] for row in frequencies]))) for i in (1, 2)]
     print(f"{'median |error|':>8} {medians[0]:12.2f}% {medians[1]:14.2f}%")
     gains = gain_rows(model, inverter, args.clips, args.seconds)
-    print("\n" + f"{'clip':32s}" + "".join(f" {f'{g:+.0f} dB in':>10}" for g in GAINS_DB) + "   (output level re input, dB)")
+    print("\n" + f"{'clip':32s}" + "".join(f" {f'{g:+.0f} dB in':>10}" for g in GAINS_DB)
+          + "   (output level re input, dB; tokens unlike those at 0 dB, %)")
     print("-" * (32 + 11 * len(GAINS_DB)))
-    for path, *values in gains:
-        print(f"{path[-32:]:32s}" + "".join(f" {value:+10.1f}" for value in values))
+    for path, outputs, changed in gains:
+        print(f"{path[-32:]:32s}" + "".join(f" {value:+10.1f}" for value in outputs))
+        print(f"{'':32s}" + "".join(f" {100 * value:9.0f}%" for value in changed))
     return {"tone_level": levels, "tone_frequency": frequencies, "frequency_error_median": medians, "gain": gains}
 
 

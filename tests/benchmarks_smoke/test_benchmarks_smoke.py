@@ -82,12 +82,12 @@ def test_mel_decoder_probe_reads_the_inputs_tones_and_levels(tmp_path, capsys, r
     MelTok.from_config("tiny").with_vocoder_head("mel_inversion").save(model)
     report = mel_decoder.main([str(model), "--clips", str(real_clip_paths["speech"]), "--seconds", "1.5"])
     output = capsys.readouterr().out
-    assert "median |error|" in output and "(output level re input, dB)" in output
+    assert "median |error|" in output and "(output level re input, dB;" in output
     for frequency in mel_decoder.TONE_LEVEL_HZ:
         inputs = [row[3] for row in report["tone_level"] if row[0] == frequency]
         assert np.allclose(np.diff(inputs), -20 / 20 * np.log(10), atol=0.15), inputs  # -6, -26, -46 dBFS
     assert len(report["tone_frequency"]) == len(mel_decoder.TONE_FREQUENCIES)
     assert max(abs(row[1]) for row in report["tone_frequency"]) < 0.5
-    (path, *levels), = report["gain"]
-    assert path == str(real_clip_paths["speech"]) and len(levels) == len(mel_decoder.GAINS_DB)
-    assert all(np.isfinite(levels))
+    (path, levels, changed), = report["gain"]
+    assert path == str(real_clip_paths["speech"]) and len(levels) == len(changed) == len(mel_decoder.GAINS_DB)
+    assert all(np.isfinite(levels)) and changed[0] == 0.0 and all(0.0 <= share <= 1.0 for share in changed)
