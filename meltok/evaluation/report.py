@@ -48,7 +48,8 @@ DEFINITIONS = {
     "comb86_odd_db": "comb86_db over the odd multiples of 86.1 Hz only (the lines buzz_db does not look at)",
     "comb86_p90_db": "90th percentile over the 86.1 Hz multiples of the per-line prominence difference "
                      "(target: <= 6 dB)",
-    "level_db": "RMS level difference in dB, 20 log10(rms(output) / rms(input)), both without their content below 20 Hz (a DC offset or rumble is not heard)",
+    "level_db": "RMS level difference in dB, 20 log10(rms(output) / rms(input)), both without their content "
+                "below 20 Hz (a DC offset or rumble is not heard)",
     "peak_level_db": "level at the input's 10 strongest spectral peaks (Welch spectrum as buzz_db, 40 Hz-16 kHz, "
                      "local maxima within +-20 Hz), power within +-2 bins, output over input in dB, mean over "
                      "the peaks",

@@ -38,9 +38,10 @@ class Stage1Config:
 
     Loss: ``mel_weight * L1(recon, logmel / 5) + vq_weight * vq_loss + perceptual_weight *
     perceptual(recon, logmel / 5) + level_weight * level``; with ``mel_weight = 5`` the first term is
-    the L1 of the log-mel in natural-log units. ``level`` (0 in the reference): the block term of
-    ``losses.LevelLoss`` on the log-mels (mel power pooled over 8 bands x 16 frames, L1 of its log),
-    against the log-domain L1's quiet peaks: a -6 dBFS tone's band came back 1.3-2 nats low. ``perceptual``: ``"vgg19"`` (needs ``TrainConfig.vgg_weights``),
+    the L1 of the log-mel in natural-log units. ``level`` (weight 0 in the reference): the block term
+    of ``losses.LevelLoss`` on the log-mels (mel power pooled over 8 bands x 16 frames, L1 of its
+    log), against the log-domain L1's quiet peaks (a -6 dBFS tone's band came back 1.3-2 nats low;
+    ``benchmarks/mel_decoder.py``). ``perceptual``: ``"vgg19"`` (needs ``TrainConfig.vgg_weights``),
     ``"mel-gradient"`` (the weight-free substitute, see ``losses.MelGradientLoss``), ``"none"``, or
     ``"auto"`` (vgg19 when weights are given, else mel-gradient); the trainer records the resolved
     choice in the run's config.

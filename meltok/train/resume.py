@@ -112,5 +112,4 @@ def restore_optimizer(optimizer, scheduler, optimizer_state: dict, scheduler_sta
     scheduler.base_lrs = base
     for group, rate, factor in zip(optimizer.param_groups, base, scheduler.lr_lambdas):
         group["initial_lr"], group["lr"] = rate, rate * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports

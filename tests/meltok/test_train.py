@@ -374,8 +374,10 @@ def test_a_resume_trains_with_the_changed_learning_rate_and_weight_decay(corpus,
     with caplog.at_level(logging.INFO):
         trainer.run()
     assert "resuming with changed settings: stage1.lr, stage1.weight_decay\n" in caplog.text
-    rates = {r["step"]: r["scalars"]["lr/tokenizer"] for r in read_scalars(tmp_path / "run") if "lr/tokenizer" in r["scalars"]}
-    assert rates[1] == pytest.approx(4e-4) and rates[3] == pytest.approx(1e-5 * 0.5) and rates[4] == pytest.approx(1e-5 * 0.25)
+    rates = {record["step"]: record["scalars"]["lr/tokenizer"] for record in read_scalars(tmp_path / "run")
+             if "lr/tokenizer" in record["scalars"]}
+    assert rates[1] == pytest.approx(4e-4)
+    assert (rates[3], rates[4]) == (pytest.approx(1e-5 * 0.5), pytest.approx(1e-5 * 0.25))  # new rate, same schedule
     group = trainer.stage.optimizers["tokenizer"].param_groups[0]
     assert (group["weight_decay"], group["initial_lr"]) == (0.5, 1e-5)
     state = trainer.stage.optimizers["tokenizer"].state_dict()["state"]
