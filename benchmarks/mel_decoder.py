@@ -85,12 +85,11 @@ def tone_frequency_rows(model, inverter, seconds: float) -> list[tuple]:
 
 def gain_rows(model, inverter, clips: list[str], seconds: float) -> list[tuple]:
     from meltok import metrics
-    from meltok_runtime.io.audio import load_audio, prepare_audio
+    from meltok.evaluation.inputs import load_clip
 
     rows = []
     for path in clips:
-        audio, rate = load_audio(path)
-        audio = prepare_audio(audio[None], rate, SAMPLE_RATE)[0][0, :int(seconds * SAMPLE_RATE)]  # channels mixed
+        audio = load_clip(path, seconds)
         levels, tokens = [], []
         for gain in GAINS_DB:
             scaled = (audio * 10 ** (gain / 20)).astype(np.float32)
@@ -112,11 +111,11 @@ def main(argv=None) -> dict:
     import torch
 
     from meltok import MelTok
-    from meltok_runtime.mel_inversion import MelInverter
+    from meltok.vocoder import MelInversionHead
 
     torch.set_num_threads(1)
     model = MelTok.load(args.model).eval()
-    inverter = model.mel_inverter or MelInverter()
+    inverter = model.mel_inverter or MelInversionHead(model.config.frontend).inverter  # a stage-1 run's model
     levels = tone_level_rows(model, args.seconds)
     print(f"{'tone Hz':>8} {'dBFS':>6} {'band':>5} {'input':>7} {'decoded':>8} {'diff':>6}   (log-mel, nats)")
     print("-" * 48)

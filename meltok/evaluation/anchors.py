@@ -157,15 +157,13 @@ def mel_inversion_coder() -> Coder:
     """The ``mel96+inversion`` reference: the true MelTok log-mel through ``MelInverter`` (no bits)."""
     import torch
 
-    from meltok_runtime.mel_inversion import MelInverter
-
     from ..config import FrontendConfig
     from ..frontend import MelFrontend
+    from ..vocoder import MelInversionHead
 
     config = FrontendConfig()
     frontend = MelFrontend(config)
-    inverter = MelInverter(sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
-                           n_mels=config.n_mels, f_min=config.f_min, f_max=config.f_max, log_floor=config.log_floor)
+    inverter = MelInversionHead(config).inverter  # what a mel_inversion model of this front end runs
 
     def code(reference: np.ndarray) -> Coded:
         with torch.no_grad():

@@ -151,11 +151,12 @@ class Stage1(Stage):
         scale = self.model.config.frontend.mel_scale
         floor = float(torch.log(torch.tensor(self.model.config.frontend.log_floor)))
         mel_hat = torch.clamp(recon.float() * scale, min=floor)  # what decode_features returns
-        scalars = {"val/mel_l1": F.l1_loss(mel_hat, target.float() * scale), "val/vq": vq_loss.float()}
-        error = (mel_hat - target.float() * scale).abs().mean(dim=(0, 2))  # per mel band [M]
+        mel = target.float() * scale
+        scalars = {"val/mel_l1": F.l1_loss(mel_hat, mel), "val/vq": vq_loss.float()}
+        error = (mel_hat - mel).abs().mean(dim=(0, 2))  # per mel band [M]
         for name, part in zip(("low", "mid", "high"), error.chunk(3)):  # band health: thirds of the mel rows
             scalars[f"val/mel_l1_{name}"] = part.mean()
-        scalars["val/level"] = self.level.blocks(mel_hat, target.float() * scale)
+        scalars["val/level"] = self.level.blocks(mel_hat, mel)
         if self.perceptual is not None:
             scalars["val/perceptual"] = self.perceptual(recon.float(), target.float())
         return scalars, tokens

@@ -10,8 +10,7 @@ from click.testing import CliRunner
 from meltok import metrics
 from meltok.cli import eval_command
 from meltok.evaluation.anchors import (CLASSIC_CODECS, ToolCodec, measure_delay, mel_griffin_lim_coder,
-                                      mel_inversion_coder, run_anchors,
-                                       tool_coder, undo_delay)
+                                       mel_inversion_coder, run_anchors, tool_coder, undo_delay)
 
 NOMINAL_KBPS = {"opus 6 kbps": 6.0, "opus 12 kbps": 12.0, "mp3 16 kbps": 16.0}
 
